@@ -1,0 +1,34 @@
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def shared_data():
+    """``../shared/data``; tests that need it skip cleanly when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+def random_pose(rng, root_depth=4500.0):
+    """A plausible (17, 3) camera-frame pose, mm: a standing person with noise."""
+    template = np.array([
+        [0, 0, 0], [-130, 0, 0], [-130, 450, 0], [-130, 880, 0], [130, 0, 0], [130, 450, 0],
+        [130, 880, 0], [0, -230, 0], [0, -480, 0], [0, -580, -30], [0, -690, 0], [170, -450, 0],
+        [170, -170, 0], [170, 80, 0], [-170, -450, 0], [-170, -170, 0], [-170, 80, 0]], float)
+    pose = template + rng.normal(0, 60, template.shape)
+    pose -= pose[0]
+    return pose + np.array([rng.uniform(-500, 500), rng.uniform(-200, 200), root_depth])

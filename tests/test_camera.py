@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+
+from tf_volpose import camera
+from tests.conftest import random_pose
+
+
+def _rotation(rng):
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+def test_world_camera_round_trip(rng):
+    cam = camera.Camera(R=_rotation(rng), T=rng.normal(0, 1000, 3), f=[1000, 1010], c=[500, 490])
+    X = rng.normal(0, 1000, (20, 3))
+    np.testing.assert_allclose(cam.camera_to_world(cam.world_to_camera(X)), X, atol=1e-9)
+    # the camera centre maps to the origin
+    np.testing.assert_allclose(cam.world_to_camera(cam.T[None]), 0.0, atol=1e-9)
+
+
+def test_project_backproject_round_trip_without_distortion(rng):
+    cam = camera.Camera(R=np.eye(3), T=np.zeros(3), f=[1145.0, 1143.8], c=[512.5, 515.4])
+    X = random_pose(rng)
+    uv = cam.project(X)
+    np.testing.assert_allclose(cam.backproject(uv, X[:, 2]), X, atol=1e-9)
+    # hand-computed value: (100, -50, 2000) -> u = 1145*0.05 + 512.5
+    np.testing.assert_allclose(cam.project([[100.0, -50.0, 2000.0]]),
+                               [[1145.0 * 0.05 + 512.5, 1143.8 * -0.025 + 515.4]])
+
+
+def test_distortion_model_by_hand():
+    k, p = [0.1, 0.01, 0.001], [0.002, -0.003]
+    cam = camera.Camera(R=np.eye(3), T=np.zeros(3), f=[1000, 1000], c=[0, 0], k=k, p=p)
+    x, y = 0.2, -0.1
+    r2 = x * x + y * y
+    radial = 1 + k[0] * r2 + k[1] * r2 ** 2 + k[2] * r2 ** 3
+    xd = x * radial + p[0] * x * y + p[1] * (r2 + x * x)  # no factor 2 (H36M)
+    yd = y * radial + p[0] * (r2 + y * y) + p[1] * x * y
+    np.testing.assert_allclose(cam.project([[x * 3000, y * 3000, 3000]]), [[1000 * xd, 1000 * yd]])
+
+
+def test_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match="R"):
+        camera.Camera(R=np.ones((3, 3)), T=np.zeros(3), f=[1, 1], c=[0, 0])
+    with pytest.raises(ValueError, match="f"):
+        camera.Camera(R=np.eye(3), T=np.zeros(3), f=[-1, 1], c=[0, 0])
+    cam = camera.Camera(R=np.eye(3), T=np.zeros(3), f=[1, 1], c=[0, 0])
+    with pytest.raises(ValueError, match="points_cam"):
+        cam.project(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        cam.project([[np.nan, 0, 1]])
+    with pytest.raises(ValueError, match="depth"):
+        cam.backproject([[0, 0]], [-5.0])
+    with pytest.raises(ValueError, match="S99"):
+        camera.Camera.from_h36m("S99", "54138969")
+
+
+def test_bundled_table_matches_shared_file(shared_data):
+    shared = json.loads((shared_data / "h36m_cameras.json").read_text())
+    for subject in ("S1", "S9", "S11"):
+        for cam_id, entry in shared[subject].items():
+            cam = camera.Camera.from_h36m(subject, cam_id)
+            np.testing.assert_array_equal(cam.R, entry["R"])
+            np.testing.assert_array_equal(cam.T, entry["T"])
+            np.testing.assert_array_equal(cam.f, entry["f"])
+            np.testing.assert_array_equal(cam.k, entry["k"])
+            assert camera.h36m_image_size(subject, cam_id) == (entry["width"], entry["height"])
+
+
+def test_real_mocap_projects_inside_the_image(shared_data):
+    data = np.load(shared_data / "h36m_mocap_17j_10fps.npz")
+    poses = data["S1/walking_1"][::20]
+    for cam_id in ("54138969", "60457274"):
+        cam = camera.Camera.from_h36m("S1", cam_id)
+        uv = cam.project(cam.world_to_camera(poses.reshape(-1, 3)))
+        w, h = camera.h36m_image_size("S1", cam_id)
+        assert (uv[:, 0] > 0).all() and (uv[:, 0] < w).all()
+        assert (uv[:, 1] > 0).all() and (uv[:, 1] < h).all()
+        # the world z axis points up, the camera y axis down: head above pelvis in the image
+        heads = cam.project(cam.world_to_camera(poses[:, 10]))
+        pelvis = cam.project(cam.world_to_camera(poses[:, 0]))
+        assert (heads[:, 1] < pelvis[:, 1]).mean() > 0.95

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_volpose import crop
+
+
+def _smooth_image(h=120, w=160):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([np.sin(xx / 7.0) + np.cos(yy / 5.0), xx / w, yy / h], -1).astype(np.float32)
+
+
+def test_box_maps_to_crop_edges_by_hand():
+    A = crop.crop_transform(center=[100.0, 50.0], scale=0.5, out_size=64)  # side 100 px
+    pts = crop.transform_points([[50.0, 0.0], [150.0, 100.0], [100.0, 50.0]], A)
+    np.testing.assert_allclose(pts, [[0, 0], [64, 64], [32, 32]], atol=1e-12)
+
+
+def test_rotation_and_flip_by_hand():
+    # 90 degrees counter-clockwise on screen: a point right of the centre goes up.
+    A = crop.crop_transform([0.0, 0.0], 1.0, 200, rotation_deg=90.0)
+    np.testing.assert_allclose(crop.transform_points([[10.0, 0.0]], A), [[100, 90]], atol=1e-9)
+    F = crop.crop_transform([0.0, 0.0], 1.0, 200, flip=True)
+    np.testing.assert_allclose(crop.transform_points([[10.0, 5.0]], F), [[90, 105]], atol=1e-9)
+
+
+def test_points_round_trip(rng):
+    A = crop.crop_transform([321.0, 210.0], 1.7, 256, rotation_deg=-33.0, flip=True)
+    pts = rng.uniform(0, 600, (30, 2))
+    back = crop.transform_points(crop.transform_points(pts, A), np.linalg.inv(A))
+    np.testing.assert_allclose(back, pts, atol=1e-9)
+
+
+@pytest.mark.parametrize("rotation,flip", [(0.0, False), (25.0, True), (-50.0, False)])
+def test_numpy_and_tf_agree(rotation, flip):
+    A = crop.crop_transform([80.0, 60.0], 0.5, 64, rotation_deg=rotation, flip=flip)
+    A_tf = crop.crop_transform_tf(tf.constant([80.0, 60.0]), 0.5, 64, rotation, flip)
+    np.testing.assert_allclose(A_tf.numpy(), A, atol=1e-4)
+    image = _smooth_image()
+    # OpenCV quantises sub-pixel positions to 1/32 px; this image's slope bounds the gap.
+    np.testing.assert_allclose(crop.warp_image_tf(image, A, 64).numpy(),
+                               crop.warp_image(image, A, 64), atol=2e-2)
+    pts = np.array([[70.0, 50.0], [90.0, 75.0]])
+    np.testing.assert_allclose(crop.transform_points_tf(pts, A_tf).numpy(),
+                               crop.transform_points(pts, A), atol=1e-3)
+
+
+def test_flip_warp_is_a_pixel_mirror():
+    image = _smooth_image()
+    A = crop.crop_transform([80.0, 60.0], 0.4, 40)
+    F = crop.crop_transform([80.0, 60.0], 0.4, 40, flip=True)
+    np.testing.assert_allclose(crop.warp_image(image, F, 40), crop.warp_image(image, A, 40)[:, ::-1],
+                               atol=1e-2)
+    np.testing.assert_allclose(crop.warp_image_tf(image, F, 40).numpy(),
+                               crop.warp_image_tf(image, A, 40).numpy()[:, ::-1], atol=1e-5)
+
+
+def test_warp_works_inside_dataset_map():
+    image = _smooth_image()
+    A = crop.crop_transform([80.0, 60.0], 0.5, 32, rotation_deg=10.0)
+
+    def fn(img):
+        M = crop.crop_transform_tf(tf.constant([80.0, 60.0]), 0.5, 32, 10.0, False)
+        return crop.warp_image_tf(img, M, 32)
+
+    out = next(iter(tf.data.Dataset.from_tensors(image).map(fn))).numpy()
+    np.testing.assert_allclose(out, crop.warp_image(image, A, 32), atol=2e-2)
+
+
+def test_bad_box_raises():
+    with pytest.raises(ValueError, match="scale"):
+        crop.crop_transform([0, 0], 0.0, 64)
+    with pytest.raises(ValueError, match="center"):
+        crop.crop_transform([0, np.nan], 1.0, 64)
+    with pytest.raises(ValueError, match="w"):
+        crop.box_from_xywh(0, 0, 0, 10)

@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_volpose import camera, skeleton, volume
+from tests.conftest import random_pose
+
+K = camera.intrinsics_matrix([1145.0, 1143.8], [512.5, 515.4])
+GRID = volume.VoxelGrid(64, 64, 1000.0)
+
+
+def _box(pose):
+    uv = camera.project_pinhole(pose, K)
+    center = (uv.min(0) + uv.max(0)) / 2
+    return center, 1.3 * (uv.max(0) - uv.min(0)).max() / 200.0
+
+
+def render_gaussian(voxels, size=64, depth=64, sigma=2.0):
+    """Independent dense renderer: (J, 3) voxel coords -> (1, size, size, J*depth)."""
+    centres = np.arange(size) + 0.5
+    zc = np.arange(depth) + 0.5
+    out = []
+    for x, y, z in voxels:
+        g = (np.exp(-(centres[:, None, None] - y) ** 2 / (2 * sigma ** 2))
+             * np.exp(-(centres[None, :, None] - x) ** 2 / (2 * sigma ** 2))
+             * np.exp(-(zc[None, None, :] - z) ** 2 / (2 * sigma ** 2)))
+        out.append(g)
+    return np.concatenate(out, axis=-1)[None]
+
+
+def test_encode_by_hand():
+    grid = volume.VoxelGrid(64, 64, 1000.0)
+    K1 = camera.intrinsics_matrix([1000.0, 1000.0], [0.0, 0.0])
+    joints = np.array([[0.0, 0.0, 5000.0], [550.0, -275.0, 5500.0]])
+    # box of side 200 px around (0, 0): u = 100 px is the right edge -> x = 64
+    vox = grid.encode(joints, K=K1, center=[0.0, 0.0], scale=1.0)
+    np.testing.assert_allclose(vox[0], [32, 32, 32])
+    np.testing.assert_allclose(vox[1], [64, 16, 48])
+
+
+def test_encode_lift_round_trip(rng):
+    for _ in range(10):
+        pose = random_pose(rng, root_depth=rng.uniform(3000, 6000))
+        center, scale = _box(pose)
+        vox = GRID.encode(pose, K=K, center=center, scale=scale)
+        back = GRID.lift(vox, K=K, center=center, scale=scale, root_depth=pose[0, 2])
+        assert np.abs(back - pose).max() < 1e-6
+
+
+@pytest.mark.parametrize("method,tol", [("argmax", 0.5 * np.sqrt(3)), ("local_softargmax", 0.05)])
+def test_encode_decode(rng, method, tol):
+    voxels = rng.uniform(8, 56, (5, 3))
+    heatmaps = render_gaussian(voxels)
+    decoded, conf = GRID.decode(heatmaps, joints=5, method=method)
+    err = np.linalg.norm(decoded[0] - voxels, axis=-1)
+    assert err.max() < tol, err
+    if method == "argmax":
+        assert np.abs(decoded[0] - voxels).max() <= 0.5
+    np.testing.assert_allclose(conf[0], heatmaps.reshape(64 * 64, 5, 64).max((0, 2)).max(), rtol=0.2)
+
+
+def test_coarse_depth_decodes_on_the_fine_grid():
+    voxels = np.array([[20.2, 30.7, 40.3]])
+    coarse = render_gaussian(voxels * [1, 1, 4 / 64], depth=4, sigma=2.0)
+    decoded, _ = volume.decode_heatmaps(coarse, 1, depth=64, method="argmax")
+    np.testing.assert_allclose(decoded[0, 0], [20.5, 30.5, 2.5 * 16])
+    flat, _ = volume.decode_heatmaps(render_gaussian(voxels, depth=1), 1, depth=64)
+    assert flat[0, 0, 2] == 32.0  # d = 1: no depth information -> the root plane
+
+
+@pytest.mark.parametrize("method", volume.DECODE_METHODS)
+def test_decode_numpy_equals_tf(rng, method):
+    heatmaps = rng.normal(0, 0.05, (2, 16, 16, 3 * 8)).astype(np.float32)
+    heatmaps += render_gaussian(rng.uniform(3, 13, (3, 3)) * [1, 1, 0.5], size=16, depth=8)
+    ref, ref_conf = volume.decode_heatmaps(heatmaps, 3, depth=16, method=method, window=2, beta=5.0)
+    got, conf = volume.decode_heatmaps_tf(heatmaps, 3, depth=16, method=method, window=2, beta=5.0)
+    np.testing.assert_allclose(got.numpy(), ref, atol=1e-4)
+    np.testing.assert_allclose(conf.numpy(), ref_conf, atol=1e-6)
+
+
+def test_lift_numpy_equals_tf(rng):
+    poses = [random_pose(rng) for _ in range(3)]
+    boxes = [_box(p) for p in poses]
+    voxels = np.stack([GRID.encode(p, K=K, center=c, scale=s) for p, (c, s) in zip(poses, boxes)])
+    got = volume.lift_tf(voxels, np.stack([K] * 3), np.stack([c for c, _ in boxes]),
+                         np.array([s for _, s in boxes]), np.array([p[0, 2] for p in poses]), GRID)
+    np.testing.assert_allclose(got.numpy(), np.stack(poses), atol=0.5)  # float32 at ~5 m
+
+
+def test_root_depth_from_bone_lengths(rng):
+    for _ in range(5):
+        pose = random_pose(rng, root_depth=rng.uniform(2500, 7000))
+        bones = np.array(skeleton.H36M17.bones)
+        lengths = np.linalg.norm(pose[bones[:, 0]] - pose[bones[:, 1]], axis=-1)
+        center, scale = _box(pose)
+        vox = GRID.encode(pose, K=K, center=center, scale=scale)
+        z = volume.estimate_root_depth(vox, K=K, center=center, scale=scale,
+                                       bone_lengths=lengths, grid=GRID)
+        assert abs(z - pose[0, 2]) < 1e-3 * pose[0, 2]
+        # a 10% longer skeleton is further away, by about 10%
+        z_long = volume.estimate_root_depth(vox, K=K, center=center, scale=scale,
+                                            bone_lengths=1.1 * lengths, grid=GRID)
+        assert 1.05 < z_long / z < 1.15
+
+
+def test_bad_inputs_raise_value_error():
+    with pytest.raises(ValueError, match="scale"):
+        GRID.encode(np.ones((17, 3)), K=K, center=[0, 0], scale=-1.0)
+    with pytest.raises(ValueError, match="root_depth"):
+        GRID.lift(np.ones((17, 3)), K=K, center=[0, 0], scale=1.0, root_depth=0.0)
+    with pytest.raises(ValueError, match="voxels"):
+        GRID.lift(np.ones((17, 2)), K=K, center=[0, 0], scale=1.0, root_depth=10.0)
+    with pytest.raises(ValueError, match="joints_cam"):
+        GRID.encode(np.full((17, 3), np.nan), K=K, center=[0, 0], scale=1.0)
+    with pytest.raises(ValueError, match="depth"):
+        volume.VoxelGrid(64, 0)
+    with pytest.raises(ValueError, match="method"):
+        GRID.decode(np.zeros((1, 4, 4, 4)), 1, method="mean")
+    with pytest.raises(ValueError, match="multiple"):
+        GRID.decode(np.zeros((1, 4, 4, 5)), 2)

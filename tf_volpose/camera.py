@@ -1,0 +1,146 @@
+"""Cameras: world <-> camera frames, projection with Human3.6M distortion.
+
+Conventions (DESIGN.md section 2): millimetres; camera frame x right, y down,
+z forward; ``X_cam = R @ (X_world - T)`` with ``T`` the camera centre in world
+coordinates; image u right, v down, in pixels.
+"""
+
+import functools
+import json
+from importlib import resources
+
+import numpy as np
+
+from tf_volpose import _checks
+
+
+def intrinsics_matrix(f, c):
+    """3x3 pinhole matrix ``K`` from focal lengths ``f=(fx, fy)`` and principal point ``c=(cx, cy)`` (px)."""
+    f = _checks.positive("f", _checks.as_array("f", f, shape=(2,)))
+    c = _checks.as_array("c", c, shape=(2,))
+    return np.array([[f[0], 0.0, c[0]], [0.0, f[1], c[1]], [0.0, 0.0, 1.0]])
+
+
+def project_pinhole(points_cam, K):
+    """Pinhole projection of ``(..., 3)`` camera-frame mm to ``(..., 2)`` px."""
+    points_cam = np.asarray(points_cam, dtype=np.float64)
+    xy = points_cam[..., :2] / points_cam[..., 2:3]
+    return xy * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+
+
+def backproject_pinhole(uv, depth, K):
+    """Inverse of :func:`project_pinhole`: ``(..., 2)`` px and ``(...)`` depth mm -> ``(..., 3)`` mm."""
+    uv = np.asarray(uv, dtype=np.float64)
+    depth = np.asarray(depth, dtype=np.float64)[..., None]
+    xy = (uv - np.array([K[0, 2], K[1, 2]])) / np.array([K[0, 0], K[1, 1]])
+    return np.concatenate([xy * depth, depth], axis=-1)
+
+
+class Camera:
+    """A calibrated camera.
+
+    Args:
+      R: (3, 3) world-to-camera rotation.
+      T: (3,) camera centre in world coordinates, mm.
+      f: (2,) focal lengths ``(fx, fy)``, px.
+      c: (2,) principal point ``(cx, cy)``, px.
+      k: (3,) radial distortion ``k1, k2, k3``; ``None`` for none.
+      p: (2,) tangential distortion ``p1, p2`` (Human3.6M model, no factor 2);
+        ``None`` for none.
+
+    Example:
+      >>> cam = Camera.from_h36m("S9", "54138969")
+      >>> uv = cam.project(cam.world_to_camera(points_world))  # (N, 2) px
+    """
+
+    def __init__(self, R, T, f, c, k=None, p=None):
+        self.R = _checks.as_array("R", R, shape=(3, 3))
+        if not np.allclose(self.R @ self.R.T, np.eye(3), atol=1e-6):
+            raise ValueError(f"R must be a rotation matrix, got {self.R.tolist()}")
+        self.T = _checks.as_array("T", T, shape=(3,))
+        self.f = _checks.as_array("f", f, shape=(2,))
+        _checks.positive("f", self.f)
+        self.c = _checks.as_array("c", c, shape=(2,))
+        self.k = _checks.as_array("k", np.zeros(3) if k is None else k, shape=(3,))
+        self.p = _checks.as_array("p", np.zeros(2) if p is None else p, shape=(2,))
+
+    @property
+    def K(self):
+        """3x3 pinhole intrinsics matrix."""
+        return intrinsics_matrix(self.f, self.c)
+
+    def world_to_camera(self, points_world):
+        """``(N, 3)`` world mm -> ``(N, 3)`` camera mm."""
+        X = _checks.as_array("points_world", points_world, shape=(..., 3))
+        return (X - self.T) @ self.R.T
+
+    def camera_to_world(self, points_cam):
+        """``(N, 3)`` camera mm -> ``(N, 3)`` world mm."""
+        X = _checks.as_array("points_cam", points_cam, shape=(..., 3))
+        return X @ self.R + self.T
+
+    def project(self, points_cam):
+        """``(N, 3)`` camera mm -> ``(N, 2)`` px with the Human3.6M distortion model.
+
+        With ``x = X/Z``, ``y = Y/Z``, ``r2 = x^2 + y^2``:
+        ``xd = x*radial + p1*x*y + p2*(r2 + x^2)``,
+        ``yd = y*radial + p1*(r2 + y^2) + p2*x*y``,
+        ``radial = 1 + k1 r2 + k2 r2^2 + k3 r2^3``. This reproduces the
+        dataset's own 2D annotations (it is not OpenCV's model).
+        """
+        X = _checks.as_array("points_cam", points_cam, shape=(..., 3))
+        if np.any(X[..., 2] <= 0):
+            raise ValueError(f"points_cam must lie in front of the camera (Z > 0), "
+                             f"got min Z = {X[..., 2].min()}")
+        x = X[..., 0] / X[..., 2]
+        y = X[..., 1] / X[..., 2]
+        r2 = x * x + y * y
+        k1, k2, k3 = self.k
+        p1, p2 = self.p
+        radial = 1.0 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3
+        xd = x * radial + p1 * x * y + p2 * (r2 + x * x)
+        yd = y * radial + p1 * (r2 + y * y) + p2 * x * y
+        return np.stack([self.f[0] * xd + self.c[0], self.f[1] * yd + self.c[1]], axis=-1)
+
+    def backproject(self, uv, depth):
+        """Pinhole back-projection: ``(N, 2)`` px and ``(N,)`` depth mm -> ``(N, 3)`` camera mm.
+
+        Distortion is ignored, as in the volumetric lifting of the paper.
+        """
+        uv = _checks.as_array("uv", uv, shape=(..., 2))
+        depth = _checks.as_array("depth", depth)
+        _checks.positive("depth", depth)
+        return backproject_pinhole(uv, depth, self.K)
+
+    @classmethod
+    def from_h36m(cls, subject, camera_id):
+        """The official calibration of a Human3.6M camera, e.g. ``("S9", "54138969")``."""
+        table = h36m_camera_table()
+        subject = str(subject)
+        if subject not in table:
+            raise ValueError(f"subject {subject!r} not in the Human3.6M camera table; "
+                             f"known: {sorted(k for k in table if not k.startswith('_'))}")
+        cameras = table[subject]
+        if str(camera_id) not in cameras:
+            raise ValueError(f"camera_id {camera_id!r} not in the table for {subject}; "
+                             f"known: {sorted(cameras)}")
+        entry = cameras[str(camera_id)]
+        return cls(R=entry["R"], T=entry["T"], f=entry["f"], c=entry["c"],
+                   k=entry["k"], p=entry["p"])
+
+    def __repr__(self):
+        return (f"Camera(f={self.f.tolist()}, c={self.c.tolist()}, "
+                f"T={np.round(self.T, 1).tolist()})")
+
+
+@functools.lru_cache(maxsize=1)
+def h36m_camera_table():
+    """The bundled Human3.6M calibration (from the dataset's metadata.xml)."""
+    text = resources.files("tf_volpose").joinpath("resources/h36m_cameras.json").read_text()
+    return json.loads(text)
+
+
+def h36m_image_size(subject, camera_id):
+    """``(width, height)`` in px of a Human3.6M camera's frames."""
+    entry = h36m_camera_table()[str(subject)][str(camera_id)]
+    return int(entry["width"]), int(entry["height"])

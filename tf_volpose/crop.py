@@ -1,0 +1,139 @@
+"""Person boxes and the affine maps between an image and a square crop.
+
+A box is ``(center, scale)``: a square of side ``200 * scale`` px centred at
+``center = (u, v)`` px (the hourglass convention).
+
+Coordinate conventions:
+  * image px: pixel ``i`` has its centre at ``u = i`` (OpenCV, projection).
+  * crop coordinates are *continuous*: the crop spans ``[0, out_size)`` and
+    crop pixel ``j`` covers ``[j, j + 1)``, centre ``j + 0.5`` -- the same
+    convention as voxels (DESIGN.md), so ``voxel = crop * xy_res / out_size``.
+
+:func:`crop_transform` gives the 3x3 matrix ``A`` with
+``crop = A @ [u, v, 1]``. The NumPy functions are the reference; the ``*_tf``
+functions are the same maps as TF ops for ``tf.data`` and exported graphs.
+"""
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from tf_volpose import _checks
+
+BOX_SIZE_PX = 200.0  # box side per unit of scale (hourglass convention)
+
+
+def box_from_xywh(x, y, w, h, padding=1.0):
+    """``(center (2,), scale)`` of the square box around an ``x, y, w, h`` rectangle.
+
+    The square's side is ``padding * max(w, h)``.
+    """
+    w = _checks.positive("w", w)
+    h = _checks.positive("h", h)
+    center = np.array([x + w / 2.0, y + h / 2.0], dtype=np.float64)
+    return center, padding * max(w, h) / BOX_SIZE_PX
+
+
+def crop_transform(center, scale, out_size, rotation_deg=0.0, flip=False):
+    """3x3 matrix from image px to continuous crop coordinates.
+
+    Args:
+      center: (2,) box centre, image px.
+      scale: box side / 200 px; must be positive.
+      out_size: crop side (any unit: pixels of a crop, or voxels of a grid).
+      rotation_deg: rotation of the content about the box centre,
+        counter-clockwise as seen on screen (v points down).
+      flip: mirror horizontally (after rotation).
+
+    Returns:
+      (3, 3) float64 ``A`` with ``[x, y, 1] = A @ [u, v, 1]``.
+    """
+    center = _checks.as_array("center", center, shape=(2,))
+    scale = _checks.positive("scale", scale)
+    out_size = _checks.positive("out_size", out_size)
+    rotation = np.deg2rad(_checks.as_array("rotation_deg", rotation_deg, shape=()))
+    zoom = out_size / (BOX_SIZE_PX * scale)
+    cos, sin = np.cos(rotation), np.sin(rotation)
+    mirror = -1.0 if flip else 1.0
+    # crop = out/2 + mirror_x * zoom * Rot @ (uv - center)
+    linear = zoom * np.array([[mirror * cos, mirror * sin], [-sin, cos]])
+    A = np.eye(3)
+    A[:2, :2] = linear
+    A[:2, 2] = out_size / 2.0 - linear @ center
+    return A
+
+
+def transform_points(points, A):
+    """Applies a 3x3 affine ``A`` to ``(..., 2)`` points."""
+    points = np.asarray(points, dtype=np.float64)
+    A = np.asarray(A, dtype=np.float64)
+    return points @ A[:2, :2].T + A[:2, 2]
+
+
+def _pixel_index_matrix(A):
+    """``A`` expressed between pixel *indices* (crop centre ``j + 0.5`` -> ``j``)."""
+    shift = np.eye(3)
+    shift[:2, 2] = -0.5
+    return shift @ np.asarray(A, dtype=np.float64)
+
+
+def warp_image(image, A, out_size, border_value=0.0):
+    """Crops ``image`` (H, W, C) with ``A`` into ``(out_size, out_size, C)`` (bilinear, OpenCV)."""
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"image must have shape (H, W, C), got {image.shape}")
+    M = _pixel_index_matrix(A)[:2]
+    out = cv2.warpAffine(image, M, (int(out_size), int(out_size)), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+    return out.reshape(int(out_size), int(out_size), -1)
+
+
+# ---------------------------------------------------------------- TF versions
+
+
+def crop_transform_tf(center, scale, out_size, rotation_deg=0.0, flip=False):
+    """TF version of :func:`crop_transform` (float32 tensors; ``flip`` may be a bool tensor).
+
+    Inputs are assumed valid (graph code cannot raise readable errors; the
+    record reader checks them).
+    """
+    center = tf.cast(center, tf.float32)
+    scale = tf.cast(scale, tf.float32)
+    out_size = tf.cast(out_size, tf.float32)
+    rotation = tf.cast(rotation_deg, tf.float32) * (np.pi / 180.0)
+    zoom = out_size / (BOX_SIZE_PX * scale)
+    cos, sin = tf.cos(rotation), tf.sin(rotation)
+    mirror = tf.where(tf.cast(flip, tf.bool), -1.0, 1.0)
+    a00, a01 = zoom * mirror * cos, zoom * mirror * sin
+    a10, a11 = -zoom * sin, zoom * cos
+    t0 = out_size / 2.0 - (a00 * center[0] + a01 * center[1])
+    t1 = out_size / 2.0 - (a10 * center[0] + a11 * center[1])
+    return tf.stack([tf.stack([a00, a01, t0]), tf.stack([a10, a11, t1]),
+                     tf.constant([0.0, 0.0, 1.0])])
+
+
+def transform_points_tf(points, A):
+    """TF version of :func:`transform_points` for ``(N, 2)`` points."""
+    A = tf.cast(A, tf.float32)
+    return tf.matmul(tf.cast(points, tf.float32), A[:2, :2], transpose_b=True) + A[:2, 2]
+
+
+def warp_image_tf(image, A, out_size):
+    """TF version of :func:`warp_image`: ``(H, W, C)`` float image -> ``(out, out, C)``.
+
+    Uses ``ImageProjectiveTransformV3`` (bilinear, zero fill), which takes the
+    map from output pixel indices to input pixel indices.
+    """
+    A = tf.cast(A, tf.float32)
+    shift = tf.constant([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+    inverse = tf.linalg.inv(tf.matmul(shift, A))
+    transform = tf.reshape(inverse, [9])[:8] / inverse[2, 2]
+    image = tf.convert_to_tensor(image)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=transform[None],
+        output_shape=tf.constant([int(out_size), int(out_size)], tf.int32),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT")
+    return out[0]
