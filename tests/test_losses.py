@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+from math import erf, sqrt
+
+from tf_volpose import losses
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 64])
+def test_separable_loss_equals_dense_reference(rng, depth):
+    h = tf.constant(rng.normal(0, 0.3, (2, 16, 16, 3 * depth)).astype(np.float32))
+    # joints inside, near and outside the grid border
+    joints = np.array([[[8.3, 7.1, 0.5], [0.2, 15.9, 0.01], [-2.0, 18.0, 1.3]],
+                       [[15.5, 0.4, 0.99], [4.0, 4.0, -0.2], [9.9, 9.9, 0.5]]]) * [1, 1, depth]
+    joints = tf.constant(joints, tf.float32)
+    mask = tf.constant([[1, 0, 1], [1, 1, 1]], tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(h)
+        fast = losses.volumetric_loss(h, joints, depth, mask=mask)
+        dense = losses.dense_volumetric_loss(h, joints, depth, mask=mask)
+    np.testing.assert_allclose(fast.numpy(), dense.numpy(), rtol=1e-5)
+    g_fast, g_dense = tape.gradient(fast, h).numpy(), tape.gradient(dense, h).numpy()
+    np.testing.assert_allclose(g_fast, g_dense, rtol=1e-5, atol=1e-5 * np.abs(g_dense).max())
+
+
+def test_target_values_by_hand():
+    gx, gy, gz = losses.target_profiles(tf.constant([[[3.5, 2.0, 32.0]]]), 8, 8, 64)
+    np.testing.assert_allclose(gx.numpy()[0, 0, 3], 1.0)  # centre 3.5 = voxel 3's centre
+    np.testing.assert_allclose(gy.numpy()[0, 0, 2], np.exp(-0.25 / 8), rtol=1e-6)
+    phi = lambda x: 0.5 * (1 + erf(x / sqrt(2)))
+    s = 2.0
+    expected = (phi((33 - 32) / s) - phi((32 - 32) / s)) / (2 * phi(0.5 / s) - 1)
+    np.testing.assert_allclose(gz.numpy()[0, 0, 32], expected, rtol=1e-5)
+    # d = 1: the whole depth range in one bin -> plain 2D heatmap, value 1
+    _, _, gz1 = losses.target_profiles(tf.constant([[[3.5, 2.0, 0.5]]]), 8, 8, 1)
+    np.testing.assert_allclose(gz1.numpy()[0, 0], [1.0], rtol=1e-5)
+
+
+def test_coarse_target_is_the_marginal_of_the_fine_one():
+    joints = tf.constant([[[5.0, 5.0, 37.3]]])
+    _, _, fine = losses.target_profiles(joints, 8, 8, 64)
+    _, _, coarse = losses.target_profiles(joints * [1, 1, 4 / 64], 8, 8, 4)
+    fine_mass = fine.numpy()[0, 0].reshape(4, 16).sum(-1)
+    coarse = coarse.numpy()[0, 0]
+    # z = 37.3 of 64 lies in coarse bin 2, 5.3 fine voxels from bin 1: both hold mass
+    assert fine_mass[1] > 1e-3 and fine_mass[2] > 0.5
+    # proportional to the fine mass per coarse bin (a constant normalisation ratio)
+    np.testing.assert_allclose(coarse * fine_mass[2] / coarse[2], fine_mass, rtol=1e-4, atol=1e-7)
+
+
+def test_perfect_prediction_has_zero_loss_and_masked_joints_count_nothing(rng):
+    joints = tf.constant(rng.uniform(2, 14, (2, 3, 3)) * [1, 1, 0.25], tf.float32)
+    target = losses.render_targets(joints, 16, 16, 4)
+    assert losses.volumetric_loss(target, joints, 4).numpy() < 1e-7
+    noisy = target + tf.constant(rng.normal(0, 1, target.shape), tf.float32)
+    mask = tf.constant([[0, 0, 0], [0, 0, 0]], tf.float32)
+    assert losses.volumetric_loss(noisy, joints, 4, mask=mask).numpy() == 0.0
+
+
+def test_multi_stage_weights_and_errors(rng):
+    joints = tf.constant(rng.uniform(2, 14, (1, 2, 3)) * [1, 1, 4], tf.float32)
+    outs = [tf.zeros([1, 16, 16, 2 * d]) for d in (1, 64)]
+    total, per = losses.multi_stage_loss(outs, joints, (1, 64), weights=(2.0, 0.5))
+    np.testing.assert_allclose(total.numpy(), 2 * per[0].numpy() + 0.5 * per[1].numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="depths"):
+        losses.multi_stage_loss(outs, joints, (1,))
+    with pytest.raises(ValueError, match="channels"):
+        losses.volumetric_loss(outs[0], joints, 4)
+
+
+def test_coordinate_loss_by_hand():
+    joints = tf.constant([[[8.0, 8.0, 32.0], [16.0, 0.0, 64.0]]])
+    pred = tf.constant([[[0.0, 0.0, 0.0], [0.5, -0.5, 0.5]]])  # exact
+    assert losses.coordinate_loss(pred, joints, 16, 64).numpy() == 0.0
+    off = pred + [[[0.3, 0.4, 0.0], [0, 0, 0]]]  # squared error 0.25 on one of two joints
+    np.testing.assert_allclose(losses.coordinate_loss(off, joints, 16, 64).numpy(), 0.125)

@@ -1,0 +1,138 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_volpose import losses, skeleton
+from tf_volpose.models import decoupled, hourglass, regression, volumetric
+from tests import model_helper
+
+TINY = dict(features=16, input_size=64)
+
+
+def _batch(rng, joints=17, n=2):
+    images = tf.constant(rng.uniform(0, 1, (n, 64, 64, 3)).astype(np.float32))
+    voxels = tf.constant(rng.uniform(2, 14, (n, joints, 3)) * [1, 1, 4])  # 16x16 grid, d=64
+    return images, voxels
+
+
+@pytest.mark.parametrize("backbone,expected", [("hg", 13.2e6), ("hg-stacked", 53.6e6)])
+def test_parameter_counts_match_the_paper_models(backbone, expected):
+    model = volumetric.build_volumetric_model((1, 2, 4, 64), 17, backbone, 256, 256)
+    assert abs(model.count_params() - expected) / expected < 0.02, model.count_params()
+
+
+def test_residual_layer_config_and_shape():
+    layer = hourglass.Residual(32, name="r")
+    clone = model_helper.check_layer_config_round_trip(layer)
+    assert clone.filters == 32
+    out = layer(tf.zeros([1, 8, 8, 12]))
+    assert out.shape == (1, 8, 8, 32) and layer.skip is not None
+    same = hourglass.Residual(12)
+    same(tf.zeros([1, 8, 8, 12]))
+    assert same.skip is None  # identity skip when widths agree
+    with pytest.raises(ValueError, match="filters"):
+        hourglass.Residual(1)
+
+
+@pytest.mark.parametrize("backbone", hourglass.BACKBONES)
+def test_volumetric_model(rng, tmp_path, backbone):
+    depths = (1, 4)
+    model = volumetric.build_volumetric_model(depths, 17, backbone, **TINY)
+    images, voxels = _batch(rng)
+    voxels = voxels * [1, 1, 4 / 64]  # fine grid of this test: d = 4
+
+    def loss_fn(outputs):
+        return losses.multi_stage_loss([outputs["stack0"], outputs["stack1"]], voxels, depths,
+                                       fine_depth=4)[0]
+
+    model_helper.check_model(model, images, loss_fn, tmp_path,
+                             {"stack0": (2, 16, 16, 17), "stack1": (2, 16, 16, 68)})
+
+
+def test_regression_model(rng, tmp_path):
+    model = regression.build_regression_model(17, "hg", **TINY)
+    images, voxels = _batch(rng)
+    model_helper.check_model(
+        model, images, lambda o: losses.coordinate_loss(o["coords"], voxels, 16, 64), tmp_path,
+        {"coords": (2, 17, 3)})
+
+
+def test_decoupled_parts_train_alone_and_together(rng, tmp_path):
+    net_a = decoupled.build_2d_network(17, stacks=1, **TINY)
+    net_b = decoupled.build_lifting_network(17, depths=(8,), features=16, heatmap_size=16)
+    images, voxels = _batch(rng)
+    voxels8 = voxels * [1, 1, 8 / 64]
+    # B alone: from heatmaps rendered from 3D poses (MoCap), no image
+    rendered = losses.render_targets(voxels8, 16, 16, 1, fine_depth=8)
+    model_helper.check_model(
+        net_b, rendered, lambda o: losses.volumetric_loss(o["stack0"], voxels8, 8, fine_depth=8),
+        tmp_path, {"stack0": (2, 16, 16, 17 * 8)})
+    assert not any("stem" in w.path for w in net_b.weights)  # sees no image features
+    joint = decoupled.build_decoupled_model(net_a, net_b)
+    out = joint(images)
+    assert out["stack0"].shape == (2, 16, 16, 17) and out["stack1"].shape == (2, 16, 16, 136)
+    assert joint.count_params() == net_a.count_params() + net_b.count_params()
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_outputs_float32_and_trains(rng, policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = volumetric.build_volumetric_model((1, 4), 17, "hg", **TINY)
+        images, voxels = _batch(rng)
+        voxels = voxels * [1, 1, 4 / 64]
+        optimizer = keras.optimizers.RMSprop(1e-3)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        out = model(images)
+        assert out["stack1"].dtype == tf.float32
+        assert model.get_layer("s0_head").compute_dtype == policy.split("_")[1]
+        values = []
+        for _ in range(3):
+            with tf.GradientTape() as tape:
+                out = model(images, training=True)
+                loss = losses.multi_stage_loss([out["stack0"], out["stack1"]], voxels, (1, 4),
+                                               fine_depth=4)[0]
+                scaled = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            values.append(float(loss))
+        assert loss.dtype == tf.float32 and np.isfinite(values).all()
+        assert values[-1] < values[0]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_flip_average_matches_an_explicit_mirror_and_swap():
+    joint_set = skeleton.H36M17
+    rng = np.random.default_rng(1)
+    d = 2
+    conv = keras.layers.Conv2D(17 * d, 3, padding="same")  # not mirror-equivariant
+    images = rng.uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
+    direct = conv(images).numpy()
+    mirrored = conv(images[:, :, ::-1]).numpy()
+    # independent re-implementation: mirror x, then take joint j's channels from its partner
+    partner = {j: j for j in range(17)}
+    for left, right in joint_set.flip_pairs:
+        partner[left], partner[right] = right, left
+    expected = direct.copy()
+    for j in range(17):
+        expected[..., j * d:(j + 1) * d] = 0.5 * (
+            direct[..., j * d:(j + 1) * d] + mirrored[:, :, ::-1, partner[j] * d:(partner[j] + 1) * d])
+    out = volumetric.flip_average(conv, images, joint_set).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    # flipping heatmaps is an involution; R knee (2) lands on L knee (5), mirrored in x
+    twice = volumetric.flip_heatmaps(volumetric.flip_heatmaps(direct, joint_set), joint_set)
+    np.testing.assert_allclose(twice.numpy(), direct)
+    once = volumetric.flip_heatmaps(direct, joint_set).numpy()
+    np.testing.assert_array_equal(once[:, :, ::-1, 5 * d:6 * d], direct[..., 2 * d:3 * d])
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ValueError, match="input_size"):
+        volumetric.build_volumetric_model((1,), 17, "hg", 16, 100)
+    with pytest.raises(ValueError, match="backbone"):
+        volumetric.build_volumetric_model((1,), 17, "resnet", 16, 64)
+    with pytest.raises(ValueError, match="depths"):
+        volumetric.build_volumetric_model((), 17, "hg", 16, 64)

@@ -1,0 +1,163 @@
+"""Volumetric MSE (Eq. 3 of the paper) without dense targets, and the coordinate L2 loss.
+
+The target of joint ``j`` is separable,
+``G[b, y, x, j*d + k] = gx(x) * gy(y) * gz(k)``:
+
+* ``gx(x) = exp(-(x + 0.5 - vx)^2 / (2 sigma^2))`` (peak 1, no rounding), ``gy`` likewise;
+* ``gz(k) = (Phi((k + 1 - vz)/s) - Phi((k - vz)/s)) / (2 Phi(0.5/s) - 1)`` with
+  ``s = sigma * d / fine_depth``: the fine Gaussian's mass in each coarse bin,
+  normalised so a centred bin has 1. ``d == 1`` gives plain 2D heatmaps.
+
+Because ``sum (G - p)^2 = sum G^2 - 2 sum G p + sum p^2`` and ``G`` factorises,
+:func:`volumetric_loss` needs only the ``(B, J, 3)`` joint coordinates: the
+input pipeline never carries the 4.5M-float volumes. :func:`dense_volumetric_loss`
+is the dense reference used by the tests and the benchmark.
+"""
+
+import math
+
+import tensorflow as tf
+
+_SQRT_HALF = math.sqrt(0.5)
+
+
+def _phi(x):
+    return 0.5 * (1.0 + tf.math.erf(x * _SQRT_HALF))
+
+
+def target_profiles(joints_voxel, height, width, depth, sigma=2.0, fine_depth=64):
+    """The 1D factors of the target: ``gx (B, J, W)``, ``gy (B, J, H)``, ``gz (B, J, d)``.
+
+    ``joints_voxel`` is ``(B, J, 3)`` in this stack's grid (z already in units of ``depth``).
+    """
+    v = tf.cast(joints_voxel, tf.float32)
+    centres_x = tf.range(width, dtype=tf.float32) + 0.5
+    centres_y = tf.range(height, dtype=tf.float32) + 0.5
+    gx = tf.exp(-tf.square(centres_x - v[..., 0:1]) / (2.0 * sigma ** 2))
+    gy = tf.exp(-tf.square(centres_y - v[..., 1:2]) / (2.0 * sigma ** 2))
+    s = sigma * depth / fine_depth
+    edges = tf.range(depth + 1, dtype=tf.float32)
+    cdf = _phi((edges - v[..., 2:3]) / s)
+    gz = (cdf[..., 1:] - cdf[..., :-1]) / (2.0 * _phi(tf.constant(0.5 / s)) - 1.0)
+    return gx, gy, gz
+
+
+def render_targets(joints_voxel, height, width, depth, sigma=2.0, fine_depth=64):
+    """Dense targets ``(B, H, W, J*depth)`` (for tests, benchmarks and 2D inputs of the decoupled net)."""
+    gx, gy, gz = target_profiles(joints_voxel, height, width, depth, sigma, fine_depth)
+    dense = tf.einsum("bjy,bjx,bjk->byxjk", gy, gx, gz)
+    shape = tf.shape(dense)
+    return tf.reshape(dense, [shape[0], height, width, shape[3] * depth])
+
+
+def _check(heatmaps, joints_voxel, depth):
+    if heatmaps.shape.rank != 4:
+        raise ValueError(f"heatmaps must have shape (B, H, W, J*depth), got {heatmaps.shape}")
+    joints = joints_voxel.shape[1]
+    if joints is not None and heatmaps.shape[-1] is not None and heatmaps.shape[-1] != joints * depth:
+        raise ValueError(f"heatmaps has {heatmaps.shape[-1]} channels; joints_voxel has {joints} "
+                         f"joints and depth={depth} needs {joints * depth}")
+
+
+def volumetric_loss(heatmaps, joints_voxel, depth, sigma=2.0, fine_depth=64, mask=None):
+    """Mean squared error to the separable Gaussian target, computed without it.
+
+    Args:
+      heatmaps: (B, H, W, J*depth) predictions.
+      joints_voxel: (B, J, 3) continuous voxel coordinates in this stack's grid.
+      depth: this stack's z resolution d.
+      sigma: Gaussian width, voxels of the xy grid / of the fine z grid.
+      fine_depth: z resolution the Gaussian's sigma refers to.
+      mask: optional (B, J); 0 drops a joint (unannotated) from the sum.
+
+    Returns:
+      Scalar float32: ``sum over b, unmasked j and all voxels of (G - p)^2``
+      divided by ``B * J * H * W * depth``.
+    """
+    heatmaps = tf.cast(heatmaps, tf.float32)
+    joints_voxel = tf.cast(joints_voxel, tf.float32)
+    _check(heatmaps, joints_voxel, depth)
+    shape = tf.shape(heatmaps)
+    batch, height, width = shape[0], heatmaps.shape[1], heatmaps.shape[2]
+    joints = tf.shape(joints_voxel)[1]
+    gx, gy, gz = target_profiles(joints_voxel, height, width, depth, sigma, fine_depth)
+    p = tf.reshape(heatmaps, [batch, height, width, joints, depth])
+    # sum G^2 factorises into 1D sums; sum G p contracts p with the three profiles.
+    sum_g2 = (tf.reduce_sum(gx * gx, -1) * tf.reduce_sum(gy * gy, -1) * tf.reduce_sum(gz * gz, -1))
+    p_z = tf.einsum("byxjk,bjk->bjyx", p, gz)
+    sum_gp = tf.einsum("bjyx,bjy,bjx->bj", p_z, gy, gx)
+    sum_p2 = tf.reduce_sum(tf.square(p), axis=[1, 2, 4])
+    per_joint = sum_g2 - 2.0 * sum_gp + sum_p2  # (B, J)
+    if mask is not None:
+        per_joint *= tf.cast(mask, tf.float32)
+    count = tf.cast(batch * joints * height * width * depth, tf.float32)
+    return tf.reduce_sum(per_joint) / count
+
+
+def dense_volumetric_loss(heatmaps, joints_voxel, depth, sigma=2.0, fine_depth=64, mask=None):
+    """Dense reference of :func:`volumetric_loss` (materialises the target)."""
+    heatmaps = tf.cast(heatmaps, tf.float32)
+    joints_voxel = tf.cast(joints_voxel, tf.float32)
+    _check(heatmaps, joints_voxel, depth)
+    target = render_targets(joints_voxel, heatmaps.shape[1], heatmaps.shape[2], depth, sigma,
+                            fine_depth)
+    err = tf.square(target - heatmaps)
+    if mask is not None:
+        weights = tf.repeat(tf.cast(mask, tf.float32), depth, axis=1)  # (B, J*depth)
+        err *= weights[:, None, None, :]
+    return tf.reduce_mean(err)
+
+
+def stack_targets(joints_voxel, depths, fine_depth=64):
+    """Per-stack joint coordinates: z scaled from the fine grid to each stack's ``d``."""
+    joints_voxel = tf.cast(joints_voxel, tf.float32)
+    return [joints_voxel * tf.constant([1.0, 1.0, d / fine_depth]) for d in depths]
+
+
+def multi_stage_loss(outputs, joints_voxel, depths, weights=None, sigma=2.0, fine_depth=64,
+                     mask=None):
+    """Weighted sum of per-stack :func:`volumetric_loss` (equal weights by default).
+
+    Args:
+      outputs: list of per-stack heatmaps ``(B, H, W, J*depths[i])``.
+      joints_voxel: (B, J, 3) on the fine grid (z in units of ``fine_depth``).
+      depths: per-stack z resolution.
+      weights: per-stack weights; default all 1 (the authors).
+      mask: optional (B, J).
+
+    Returns:
+      ``(total, [per-stack losses])``.
+    """
+    if len(outputs) != len(depths):
+        raise ValueError(f"{len(outputs)} outputs but {len(depths)} depths {list(depths)}")
+    weights = [1.0] * len(depths) if weights is None else list(weights)
+    if len(weights) != len(depths):
+        raise ValueError(f"loss weights {weights} do not match depths {list(depths)}")
+    per_stack = [volumetric_loss(h, t, d, sigma, fine_depth, mask)
+                 for h, t, d in zip(outputs, stack_targets(joints_voxel, depths, fine_depth), depths)]
+    return tf.add_n([w * l for w, l in zip(weights, per_stack)]), per_stack
+
+
+def normalized_coordinates(joints_voxel, xy_res, depth):
+    """Voxel coordinates -> ``[-0.5, 0.5]`` per axis: the regression baseline's target."""
+    return tf.cast(joints_voxel, tf.float32) / tf.constant([xy_res, xy_res, depth], tf.float32) - 0.5
+
+
+def coordinate_loss(predictions, joints_voxel, xy_res, depth, mask=None):
+    """L2 loss of the coordinate-regression baseline (Eq. 1).
+
+    Args:
+      predictions: (B, J*3) or (B, J, 3) normalised coordinates (see
+        :func:`normalized_coordinates`).
+      joints_voxel: (B, J, 3) ground truth voxel coordinates.
+      mask: optional (B, J).
+
+    Returns:
+      Scalar: mean over ``B * J`` of the squared Euclidean error.
+    """
+    target = normalized_coordinates(joints_voxel, xy_res, depth)
+    predictions = tf.reshape(tf.cast(predictions, tf.float32), tf.shape(target))
+    err = tf.reduce_sum(tf.square(predictions - target), axis=-1)
+    if mask is not None:
+        err *= tf.cast(mask, tf.float32)
+    return tf.reduce_mean(err)
