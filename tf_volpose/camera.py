@@ -36,6 +36,28 @@ def backproject_pinhole(uv, depth, K):
     return np.concatenate([xy * depth, depth], axis=-1)
 
 
+def rotation_matrix(axis, angle_rad):
+    """3x3 rotation by ``angle_rad`` about ``axis`` (right-hand rule, Rodrigues)."""
+    axis = np.asarray(axis, dtype=np.float64)
+    axis = axis / np.linalg.norm(axis)
+    x, y, z = axis
+    skew = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + np.sin(angle_rad) * skew + (1.0 - np.cos(angle_rad)) * skew @ skew
+
+
+def look_at_rotation(position, target, up=(0.0, 0.0, 1.0)):
+    """World-to-camera ``R`` of a camera at ``position`` looking at ``target``.
+
+    Camera axes: x right, y down, z forward; ``up`` is the world's up direction.
+    """
+    forward = np.asarray(target, np.float64) - np.asarray(position, np.float64)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    return np.stack([right, down, forward])
+
+
 class Camera:
     """A calibrated camera.
 

@@ -1,0 +1,200 @@
+import hashlib
+import os
+import re
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_volpose import camera, crop, skeleton
+from tf_volpose.data import augment, pipeline, records, synthetic
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(str(out), num_train=24, num_val=8, seed=3, examples_per_shard=10, workers=1)
+    return out
+
+
+def _digest(directory):
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(directory)):
+        h.update(name.encode())
+        h.update((directory / name).read_bytes())
+    return h.hexdigest()
+
+
+def test_synthetic_is_deterministic_and_sharded(synthetic_dir, tmp_path):
+    assert sorted(os.listdir(synthetic_dir)) == [
+        "train-00000.tfrecord", "train-00001.tfrecord", "train-00002.tfrecord", "val-00000.tfrecord"]
+    synthetic.generate(str(tmp_path), num_train=24, num_val=8, seed=3, examples_per_shard=10,
+                       workers=2)  # a process pool gives the same bytes
+    assert _digest(tmp_path) == _digest(synthetic_dir)
+    other = tmp_path / "other"
+    synthetic.generate(str(other), num_train=2, num_val=0, seed=4, workers=1)
+    a = next(iter(tf.data.TFRecordDataset(str(other / "train-00000.tfrecord")))).numpy()
+    b = next(iter(tf.data.TFRecordDataset(str(synthetic_dir / "train-00000.tfrecord")))).numpy()
+    assert a != b
+
+
+def test_synthetic_records_are_exact(synthetic_dir):
+    for raw in tf.data.TFRecordDataset(str(synthetic_dir / "val-00000.tfrecord")):
+        ex = records.parse_example(raw)
+        K = camera.intrinsics_matrix(ex["camera/f"].numpy(), ex["camera/c"].numpy())
+        joints_3d = ex["joints/3d"].numpy()
+        assert 2500 < joints_3d[0, 2] < 6500  # 3-6 m away (the aim point is jittered)
+        np.testing.assert_allclose(camera.project_pinhole(joints_3d, K), ex["joints/2d"].numpy(),
+                                   atol=1e-2)
+        image = tf.io.decode_jpeg(ex["image/encoded"]).numpy()
+        assert image.shape == (ex["image/height"], ex["image/width"], 3)
+
+
+def test_motion_file_drives_the_poses(tmp_path, rng):
+    poses = {f"S{s}/walking_1": rng.normal(0, 1, (5, 17, 3)) * 50 + [0, 0, 900] for s in (1, 9)}
+    path = tmp_path / "motion.npz"
+    np.savez(path, **poses)
+    out = tmp_path / "out"
+    counts = synthetic.generate(str(out), 3, 2, seed=0, motion=str(path), workers=1)
+    assert counts == {"train": 3, "val": 2}
+    subjects = {records.parse_example(r)["meta/subject"].numpy()
+                for r in tf.data.TFRecordDataset(str(out / "val-00000.tfrecord"))}
+    assert subjects == {b"S9"}
+    with pytest.raises(ValueError, match="motion file"):
+        np.savez(tmp_path / "bad.npz", x=np.zeros(3))
+        synthetic.generate(str(out), 1, 1, motion=str(tmp_path / "bad.npz"), workers=1)
+
+
+def test_make_example_rejects_bad_values():
+    good = dict(image_encoded=b"\xff\xd8x", height=4, width=4, joints_2d=np.zeros((17, 2)),
+                center=[2, 2], scale=1.0, f=[1, 1], c=[0, 0])
+    records.make_example(**good)
+    with pytest.raises(ValueError, match="scale"):
+        records.make_example(**{**good, "scale": 0.0})
+    with pytest.raises(ValueError, match="joints_2d"):
+        records.make_example(**{**good, "joints_2d": np.full((17, 2), np.nan)})
+    with pytest.raises(ValueError, match="joints_3d"):
+        records.make_example(**{**good, "joints_3d": np.zeros((16, 3))})
+
+
+def test_sharded_writer_never_leaves_a_truncated_shard(tmp_path):
+    example = records.make_example(image_encoded=b"\xff\xd8x", height=4, width=4,
+                                   joints_2d=np.zeros((2, 2)), center=[2, 2], scale=1.0,
+                                   f=[1, 1], c=[0, 0])
+    with pytest.raises(RuntimeError):
+        with records.ShardedWriter(str(tmp_path), "train", examples_per_shard=3) as writer:
+            for i in range(5):
+                writer.write(example)
+            raise RuntimeError("crash")
+    assert sorted(os.listdir(tmp_path)) == ["train-00000.tfrecord"]  # shard 1 was discarded
+    # resume keeps complete shards and writes the rest
+    with records.ShardedWriter(str(tmp_path), "train", examples_per_shard=3, resume=True) as writer:
+        for i in range(5):
+            writer.write(example)
+    assert writer.skipped_existing == 3
+    assert sorted(os.listdir(tmp_path)) == ["train-00000.tfrecord", "train-00001.tfrecord"]
+    assert sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / "train-00001.tfrecord"))) == 2
+
+
+def test_pipeline_crops_contain_the_person(synthetic_dir):
+    ds = pipeline.make_dataset(str(synthetic_dir / "val-*"), training=False, batch_size=4,
+                               input_size=64, xy_res=16)
+    inputs, targets = next(iter(ds))
+    assert inputs["image"].shape == (4, 64, 64, 3) and inputs["image"].dtype == tf.float32
+    voxels = targets["joints_voxel"].numpy()
+    assert (voxels[..., :2] > 0).all() and (voxels[..., :2] < 16).all()  # all joints in the crop
+    np.testing.assert_allclose(voxels[:, 0, 2], 32.0)  # the root sits mid-depth
+    # without augmentation, voxel coordinates equal VoxelGrid.encode of the 3D joints
+    from tf_volpose import volume
+    grid = volume.VoxelGrid(16, 64, 1000.0)
+    for b in range(4):
+        K = camera.intrinsics_matrix(targets["focal"][b].numpy(), targets["principal"][b].numpy())
+        expected = grid.encode(targets["joints_3d"][b].numpy(), K=K,
+                               center=targets["center"][b].numpy(), scale=float(targets["scale"][b]))
+        np.testing.assert_allclose(voxels[b], expected, atol=2e-3)
+
+
+def test_augmented_joints_follow_the_pixels(synthetic_dir):
+    """Render the crop's joints as dots before warping: they must land at the voxel coordinates."""
+    raw = next(iter(tf.data.TFRecordDataset(str(synthetic_dir / "train-00000.tfrecord"))))
+    ex = records.parse_example(raw)
+    h, w = int(ex["image/height"]), int(ex["image/width"])
+    canvas = np.zeros((h, w, 3), np.uint8)
+    uv = ex["joints/2d"].numpy()
+    cv2.circle(canvas, tuple(int(round(v)) for v in uv[3]), 3, (255, 255, 255), -1)  # r_ankle
+    ok, png = cv2.imencode(".png", canvas)
+    ex = dict(ex)
+    ex["image/encoded"] = tf.constant(png.tobytes())
+    for position in range(6):
+        seed = tf.constant([5, position], tf.int64)
+        opts = pipeline.PipelineOptions(input_size=64, xy_res=64)
+        inputs, targets = pipeline.preprocess(ex, seed, opts, training=True)
+        image = inputs["image"].numpy()[..., 0]
+        aug = augment.sample(seed)
+        joint = skeleton.H36M17.flip_index[3] if bool(aug["flip"]) else 3
+        x, y = targets["joints_voxel"].numpy()[joint, :2]
+        if 3 < x < 61 and 3 < y < 61:
+            ys, xs = np.nonzero(image > 0.3 * image.max())
+            np.testing.assert_allclose([xs.mean() + 0.5, ys.mean() + 0.5], [x, y], atol=0.6)
+
+
+def test_augmentation_ops_eager_and_in_dataset_map():
+    seeds = tf.constant([[1, i] for i in range(200)], tf.int64)
+    eager = [augment.sample(s) for s in seeds]
+    mapped = list(tf.data.Dataset.from_tensor_slices(seeds).map(augment.sample))
+    for a, b in zip(eager, mapped):
+        for key in a:
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+    scales = np.array([float(a["scale"]) for a in eager])
+    rotations = np.array([float(a["rotation_deg"]) for a in eager])
+    assert scales.min() >= 0.75 and scales.max() <= 1.25
+    assert np.abs(rotations).max() <= 60 and 0.2 < (rotations != 0).mean() < 0.6
+    assert 0.35 < np.mean([bool(a["flip"]) for a in eager]) < 0.65
+    image = tf.fill([2, 2, 3], 0.9)
+    out = augment.apply_color_gain(image, [1.2, 1.0, 0.5]).numpy()
+    np.testing.assert_allclose(out[0, 0], [1.0, 0.9, 0.45], rtol=1e-6)
+    flipped = augment.flip_joints(tf.range(17), tf.constant(True), skeleton.H36M17.flip_index)
+    assert flipped.numpy()[1] == 4 and flipped.numpy()[4] == 1 and flipped.numpy()[0] == 0
+
+
+def test_pipeline_is_deterministic_with_a_seed(synthetic_dir):
+    def first_batches(**kw):
+        ds = pipeline.make_dataset(str(synthetic_dir / "train-*"), training=True, batch_size=2,
+                                   input_size=64, xy_res=16, seed=7, deterministic=True, **kw)
+        return [b[1]["joints_voxel"].numpy() for b in ds.take(3)]
+
+    a, b = first_batches(), first_batches()
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    resumed = first_batches(skip=2)  # a resumed run continues the same stream
+    np.testing.assert_array_equal(resumed[0], a[1])
+
+
+def test_bad_records_are_skipped_with_a_warning_or_fail_in_strict_mode(synthetic_dir, tmp_path, capfd):
+    raws = [r.numpy() for r in tf.data.TFRecordDataset(str(synthetic_dir / "val-00000.tfrecord"))]
+    bad_nan = tf.train.Example.FromString(raws[1])
+    bad_nan.features.feature["joints/2d"].float_list.value[4] = float("nan")
+    bad_jpeg = tf.train.Example.FromString(raws[2])
+    bad_jpeg.features.feature["image/encoded"].bytes_list.value[0] = b"not an image at all"
+    path = str(tmp_path / "mixed.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        for r in (raws[0], bad_nan.SerializeToString(), bad_jpeg.SerializeToString(), raws[3]):
+            w.write(r)
+    ds = pipeline.make_dataset(path, training=False, batch_size=8, input_size=64, xy_res=16)
+    batch = next(iter(ds))
+    assert batch[0]["image"].shape[0] == 2
+    assert np.isfinite(batch[1]["joints_voxel"].numpy()).all()
+    err = capfd.readouterr().err
+    assert re.search(r'mixed.tfrecord"? record 1', err) and re.search(r'mixed.tfrecord"? record 2', err)
+    strict = pipeline.make_dataset(path, training=False, batch_size=8, input_size=64, xy_res=16,
+                                   strict=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="invalid record"):
+        next(iter(strict))
+
+
+def test_pipeline_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="file_pattern"):
+        pipeline.make_dataset(str(tmp_path / "none-*"), training=True, batch_size=2)
+    with pytest.raises(ValueError, match="unknown pipeline options"):
+        pipeline.make_dataset(str(tmp_path / "x"), training=True, batch_size=2, colour=1)

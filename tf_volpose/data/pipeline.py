@@ -1,0 +1,216 @@
+"""The tf.data input pipeline: records -> augmented crops + joint voxel coordinates.
+
+``make_dataset`` yields ``(inputs, targets)``:
+
+* ``inputs["image"]``: ``(B, S, S, 3)`` float32 in [0, 1];
+* ``targets["joints_voxel"]``: ``(B, J, 3)`` continuous coordinates on the fine
+  grid (``xy_res`` x ``xy_res`` x ``depth``); each stack's target is this with z
+  scaled by ``d / depth`` (``losses.stack_targets``) -- no dense volumes;
+* ``targets["mask"]``: ``(B, J)`` 1 for annotated joints;
+  ``targets["has_3d"]``: ``(B,)``;
+* evaluation metadata: ``center`` ``(B, 2)`` and ``scale`` ``(B,)`` of the
+  (augmented) crop box, ``focal``/``principal`` ``(B, 2)``, ``joints_3d``
+  ``(B, J, 3)`` camera mm, ``root_depth`` ``(B,)`` mm, ``joints_2d`` ``(B, J, 2)``,
+  ``action``, ``subject``, ``camera`` (strings), ``frame``.
+
+Records with NaN/Inf joints, a non-positive scale or an image that is not a
+JPEG/PNG are skipped with a warning on stderr naming the file and record index
+(``strict=True`` raises instead); images that still fail to decode are dropped
+by ``ignore_errors`` with TF's warning. Only the part of a JPEG that the crop
+needs is decoded (``decode_and_crop_jpeg``).
+"""
+
+import dataclasses
+import glob
+import sys
+
+import tensorflow as tf
+
+from tf_volpose import crop, skeleton
+from tf_volpose.data import augment, records
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    input_size: int = 256
+    xy_res: int = 64
+    depth: int = 64
+    z_range_mm: float = 1000.0
+    joint_set: str = "h36m17"
+    augmentation: augment.AugmentOptions = augment.AugmentOptions()
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    deterministic: bool = False
+    strict: bool = False
+    skip: int = 0  # records to skip (resume position), training only
+
+
+def list_files(file_pattern):
+    patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
+    files = sorted(f for p in patterns for f in glob.glob(p.strip()))
+    if not files:
+        raise ValueError(f"no files match file_pattern={file_pattern!r}")
+    return files
+
+
+def _is_image(data):
+    jpeg = tf.strings.substr(data, 0, 2) == b"\xff\xd8"
+    png = tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n"
+    return jpeg | png
+
+
+def validate(example, num_joints):
+    """Boolean scalar: whether a parsed record can be used."""
+    visible = example["joints/visible"] > 0
+    joints_2d = example["joints/2d"]
+    finite_2d = tf.reduce_all(tf.math.is_finite(tf.boolean_mask(joints_2d, visible)))
+    finite_3d = tf.reduce_all(tf.math.is_finite(example["joints/3d"]))
+    shapes = (tf.shape(joints_2d)[0] == num_joints) & (tf.size(visible) == num_joints) & (
+        (tf.shape(example["joints/3d"])[0] == 0) | (tf.shape(example["joints/3d"])[0] == num_joints))
+    return (shapes & finite_2d & finite_3d & (example["box/scale"] > 0)
+            & tf.reduce_all(tf.math.is_finite(example["box/center"]))
+            & _is_image(example["image/encoded"]))
+
+
+def decode_crop(data, height, width, A, input_size):
+    """Decodes the region of the image the crop ``A`` needs and warps it.
+
+    Returns ``(input_size, input_size, 3)`` float32 in [0, 1].
+    """
+    inverse = tf.linalg.inv(A)
+    corners = tf.constant([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]) * float(input_size)
+    region = crop.transform_points_tf(corners, inverse)
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    x0 = tf.clip_by_value(tf.cast(tf.floor(tf.reduce_min(region[:, 0])), tf.int32) - 1, 0, width - 1)
+    y0 = tf.clip_by_value(tf.cast(tf.floor(tf.reduce_min(region[:, 1])), tf.int32) - 1, 0, height - 1)
+    x1 = tf.clip_by_value(tf.cast(tf.math.ceil(tf.reduce_max(region[:, 0])), tf.int32) + 2, x0 + 1, width)
+    y1 = tf.clip_by_value(tf.cast(tf.math.ceil(tf.reduce_max(region[:, 1])), tf.int32) + 2, y0 + 1, height)
+    window = tf.stack([y0, x0, y1 - y0, x1 - x0])
+
+    def jpeg():
+        return tf.io.decode_and_crop_jpeg(data, window, channels=3)
+
+    def other():
+        return tf.image.decode_image(data, channels=3, expand_animations=False)[y0:y1, x0:x1]
+
+    image = tf.cond(tf.strings.substr(data, 0, 2) == b"\xff\xd8", jpeg, other)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    offset = tf.stack([tf.stack([1.0, 0.0, tf.cast(x0, tf.float32)]),
+                       tf.stack([0.0, 1.0, tf.cast(y0, tf.float32)]),
+                       tf.constant([0.0, 0.0, 1.0])])
+    return crop.warp_image_tf(image, tf.matmul(A, offset), input_size)
+
+
+def preprocess(example, seed, options, training):
+    """One parsed record -> ``(inputs, targets)`` (see the module docstring)."""
+    joint_set = skeleton.get_joint_set(options.joint_set)
+    aug = augment.sample(seed, options.augmentation if training else augment.NO_AUGMENTATION)
+    center = example["box/center"]
+    scale = example["box/scale"] * aug["scale"]
+    A = crop.crop_transform_tf(center, scale, options.input_size, aug["rotation_deg"], aug["flip"])
+    image = decode_crop(example["image/encoded"], example["image/height"], example["image/width"],
+                        A, options.input_size)
+    image = augment.apply_color_gain(image, aug["gain"])
+
+    num_joints = joint_set.num_joints
+    has_3d = tf.shape(example["joints/3d"])[0] > 0
+    joints_3d = tf.cond(has_3d, lambda: example["joints/3d"], lambda: tf.zeros([num_joints, 3]))
+    joints_3d = tf.ensure_shape(joints_3d, [num_joints, 3])
+    xy = crop.transform_points_tf(example["joints/2d"], A) * (options.xy_res / options.input_size)
+    root_depth = joints_3d[joint_set.root, 2]
+    z = (joints_3d[:, 2] - root_depth + options.z_range_mm) / (2 * options.z_range_mm) * options.depth
+    z = tf.where(has_3d, z, tf.fill([num_joints], options.depth / 2.0))
+    voxels = tf.concat([xy, z[:, None]], axis=-1)
+    mask = tf.cast(example["joints/visible"] > 0, tf.float32)
+    voxels = augment.flip_joints(voxels, aug["flip"], joint_set.flip_index)
+    mask = augment.flip_joints(mask, aug["flip"], joint_set.flip_index)
+
+    inputs = {"image": tf.ensure_shape(image, [options.input_size, options.input_size, 3])}
+    targets = {
+        "joints_voxel": tf.ensure_shape(voxels, [num_joints, 3]),
+        "mask": tf.ensure_shape(mask, [num_joints]),
+        "has_3d": tf.cast(has_3d, tf.float32),
+        "center": center,
+        "scale": scale,
+        "focal": example["camera/f"],
+        "principal": example["camera/c"],
+        "joints_3d": joints_3d,
+        "joints_2d": tf.ensure_shape(example["joints/2d"], [num_joints, 2]),
+        "root_depth": root_depth,
+        "action": example["meta/action"],
+        "subject": example["meta/subject"],
+        "camera": example["meta/camera"],
+        "frame": example["meta/frame"],
+    }
+    return inputs, targets
+
+
+def make_dataset(file_pattern, *, training, batch_size, **options):
+    """Builds the input pipeline.
+
+    Args:
+      file_pattern: glob (or comma-separated globs) of record files.
+      training: shuffle, repeat and augment; otherwise one pass, in order.
+      batch_size: per-replica batch size (training drops the last partial batch).
+      **options: fields of :class:`PipelineOptions` (``input_size``, ``depth``,
+        ``seed``, ``deterministic``, ``strict``, ``augmentation``, ``skip``, ...).
+
+    Returns:
+      ``tf.data.Dataset`` of ``(inputs, targets)`` batches.
+    """
+    unknown = set(options) - {f.name for f in dataclasses.fields(PipelineOptions)}
+    if unknown:
+        raise ValueError(f"unknown pipeline options {sorted(unknown)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    opts = PipelineOptions(**options)
+    num_joints = skeleton.get_joint_set(opts.joint_set).num_joints
+    files = list_files(file_pattern)
+
+    def read(path):
+        return tf.data.TFRecordDataset(path).enumerate().map(lambda i, r: (path, i, r))
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=opts.seed)
+    ds = ds.interleave(read, cycle_length=min(4, len(files)), block_length=1,
+                       num_parallel_calls=None if opts.deterministic else tf.data.AUTOTUNE,
+                       deterministic=True if opts.deterministic else None)
+    if training:
+        ds = ds.shuffle(opts.shuffle_buffer, seed=opts.seed).repeat()
+        ds = ds.skip(opts.skip)
+
+    # Seeds come from the element's position in the (shuffled, repeated) stream,
+    # so a run resumed with ``skip`` continues the same random stream.
+    ds = ds.enumerate(start=opts.skip)
+
+    def parse(position, element):
+        path, index, serialized = element
+        example = records.parse_example(serialized)
+        ok = validate(example, num_joints)
+        if opts.strict:
+            with tf.control_dependencies([tf.debugging.Assert(ok, [
+                    "invalid record (NaN joints, bad box or image)", path, "index", index])]):
+                ok = tf.identity(ok)
+        return position, example, ok, path, index
+
+    def keep(position, example, ok, path, index):
+        def warn():
+            tf.print("WARNING: skipping invalid record (NaN/Inf joints, bad box or not a "
+                     "JPEG/PNG image):", path, "record", index, output_stream=sys.stderr)
+            return ok
+        return tf.cond(ok, lambda: ok, warn)
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=opts.deterministic or None)
+    ds = ds.filter(keep)
+
+    def prepare(position, example, ok, path, index):
+        seed = tf.stack([tf.cast(opts.seed, tf.int64), position])
+        return preprocess(example, seed, opts, training)
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=opts.deterministic or None)
+    if not opts.strict:
+        ds = ds.ignore_errors(log_warning=True)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,218 @@
+"""One ``tf.train.Example`` schema for every dataset, and crash-safe sharded writing.
+
+Feature keys (one record = one person in one frame):
+
+============================  =======  ==================================================
+key                           type     meaning
+============================  =======  ==================================================
+``image/encoded``             bytes    JPEG of the full frame, or of a generous crop with
+                                       box and intrinsics adjusted accordingly
+``image/height``, ``/width``  int64    size of the encoded image, px
+``joints/2d``                 float    J*2, px in the encoded image (with lens distortion)
+``joints/3d``                 float    J*3, camera frame, mm; empty for 2D-only data
+``joints/visible``            int64    J, 1 = annotated
+``box/center``                float    2, px in the encoded image
+``box/scale``                 float    1, box side = 200 * scale px
+``camera/f``, ``camera/c``    float    2 each, px, for the encoded image
+``meta/dataset``              bytes    e.g. ``h36m``, ``synthetic``
+``meta/subject``              bytes    e.g. ``S9``
+``meta/action``               bytes    e.g. ``Directions 1``
+``meta/camera``               bytes    camera id
+``meta/frame``                int64    0-based frame index in the source video
+============================  =======  ==================================================
+
+:class:`ShardedWriter` writes ``<prefix>-<index:05d>.tfrecord`` shards, each
+first under a temporary name and renamed when complete, so a crash never
+leaves a truncated shard under a final name.
+"""
+
+import glob
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_volpose import _checks
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/height": tf.io.FixedLenFeature([], tf.int64),
+    "image/width": tf.io.FixedLenFeature([], tf.int64),
+    "joints/2d": tf.io.VarLenFeature(tf.float32),
+    "joints/3d": tf.io.VarLenFeature(tf.float32),
+    "joints/visible": tf.io.VarLenFeature(tf.int64),
+    "box/center": tf.io.FixedLenFeature([2], tf.float32),
+    "box/scale": tf.io.FixedLenFeature([], tf.float32),
+    "camera/f": tf.io.FixedLenFeature([2], tf.float32),
+    "camera/c": tf.io.FixedLenFeature([2], tf.float32),
+    "meta/dataset": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "meta/subject": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "meta/action": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "meta/camera": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "meta/frame": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+}
+
+
+def _floats(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(values).tolist()))
+
+
+def _ints(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=np.ravel(values).astype(np.int64).tolist()))
+
+
+def _bytes(value):
+    if isinstance(value, str):
+        value = value.encode()
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def make_example(image_encoded, height, width, joints_2d, center, scale, f, c, joints_3d=None,
+                 visible=None, dataset="", subject="", action="", camera="", frame=-1):
+    """Builds one record; checks shapes and values and names what is wrong.
+
+    Args:
+      image_encoded: JPEG (or PNG) bytes. height, width: its size, px.
+      joints_2d: (J, 2) px in the encoded image.
+      center: (2,) px. scale: box side / 200 px (positive).
+      f, c: (2,) intrinsics of the encoded image, px.
+      joints_3d: (J, 3) camera frame mm, or ``None`` for 2D-only data.
+      visible: (J,) 0/1; default all 1.
+
+    Returns:
+      ``tf.train.Example``.
+    """
+    if not image_encoded:
+        raise ValueError("image_encoded is empty")
+    joints_2d = _checks.as_array("joints_2d", joints_2d, shape=(None, 2))
+    num_joints = len(joints_2d)
+    _checks.as_array("center", center, shape=(2,))
+    _checks.positive("scale", scale)
+    _checks.positive("f", _checks.as_array("f", f, shape=(2,)))
+    _checks.as_array("c", c, shape=(2,))
+    feature = {
+        "image/encoded": _bytes(image_encoded),
+        "image/height": _ints([height]),
+        "image/width": _ints([width]),
+        "joints/2d": _floats(joints_2d),
+        "joints/visible": _ints(np.ones(num_joints) if visible is None else visible),
+        "box/center": _floats(center),
+        "box/scale": _floats([scale]),
+        "camera/f": _floats(f),
+        "camera/c": _floats(c),
+        "meta/dataset": _bytes(dataset),
+        "meta/subject": _bytes(subject),
+        "meta/action": _bytes(action),
+        "meta/camera": _bytes(str(camera)),
+        "meta/frame": _ints([frame]),
+    }
+    if joints_3d is not None:
+        joints_3d = _checks.as_array("joints_3d", joints_3d, shape=(num_joints, 3))
+        feature["joints/3d"] = _floats(joints_3d)
+    else:
+        feature["joints/3d"] = _floats([])
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def parse_example(serialized):
+    """Parses one serialized record into a dict of dense tensors (graph-friendly).
+
+    ``joints/2d`` becomes (J, 2), ``joints/3d`` (J, 3) or (0, 3) for 2D-only
+    data, ``joints/visible`` (J,).
+    """
+    parsed = tf.io.parse_single_example(serialized, FEATURES)
+    for key in ("joints/2d", "joints/3d", "joints/visible"):
+        parsed[key] = tf.sparse.to_dense(parsed[key])
+    parsed["joints/2d"] = tf.reshape(parsed["joints/2d"], [-1, 2])
+    parsed["joints/3d"] = tf.reshape(parsed["joints/3d"], [-1, 3])
+    return parsed
+
+
+def shard_name(output_dir, prefix, index):
+    return os.path.join(output_dir, f"{prefix}-{index:05d}.tfrecord")
+
+
+class ShardedWriter:
+    """Writes records into shards of ``examples_per_shard``, atomically per shard.
+
+    Args:
+      output_dir: directory (created if missing).
+      prefix: file name prefix, e.g. ``"train"``.
+      examples_per_shard: records per shard.
+      resume: keep complete shards from an earlier run and skip the records
+        that belong to them (conversion is deterministic, so they are the
+        same); otherwise existing shards of this prefix are replaced.
+
+    Use as a context manager; leaving with an exception discards the
+    unfinished shard, never renaming it.
+    """
+
+    def __init__(self, output_dir, prefix, examples_per_shard=1000, resume=False):
+        if examples_per_shard < 1:
+            raise ValueError(f"examples_per_shard must be >= 1, got {examples_per_shard}")
+        self.output_dir = output_dir
+        self.prefix = prefix
+        self.examples_per_shard = int(examples_per_shard)
+        self.resume = resume
+        self.count = 0  # records accepted (written or already present)
+        self.skipped_existing = 0
+        self.shards = []
+        self._writer = None
+        self._tmp = None
+        os.makedirs(output_dir, exist_ok=True)
+        for stale in glob.glob(os.path.join(output_dir, f".{prefix}-*.tmp")):
+            os.remove(stale)  # partial shards of a crashed run
+        if not resume:
+            for old in glob.glob(os.path.join(output_dir, f"{prefix}-*.tfrecord")):
+                os.remove(old)
+
+    def _shard_index(self):
+        return self.count // self.examples_per_shard
+
+    def write(self, example):
+        """Adds one ``tf.train.Example`` (or serialized bytes)."""
+        index = self._shard_index()
+        final = shard_name(self.output_dir, self.prefix, index)
+        if self._writer is None:
+            if self.resume and os.path.exists(final):
+                self.count += 1
+                self.skipped_existing += 1
+                if final not in self.shards:
+                    self.shards.append(final)
+                return
+            self._tmp = os.path.join(self.output_dir, f".{self.prefix}-{index:05d}.tmp")
+            self._writer = tf.io.TFRecordWriter(self._tmp)
+        # deterministic: map fields would otherwise serialise in a per-process order
+        data = example if isinstance(example, bytes) else example.SerializeToString(deterministic=True)
+        self._writer.write(data)
+        self.count += 1
+        if self.count % self.examples_per_shard == 0:
+            self._finish_shard(final)
+
+    def _finish_shard(self, final):
+        self._writer.close()
+        os.replace(self._tmp, final)
+        self.shards.append(final)
+        self._writer = None
+        self._tmp = None
+
+    def close(self):
+        if self._writer is not None:
+            index = (self.count - 1) // self.examples_per_shard
+            self._finish_shard(shard_name(self.output_dir, self.prefix, index))
+
+    def abort(self):
+        if self._writer is not None:
+            self._writer.close()
+            os.remove(self._tmp)
+            self._writer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
