@@ -82,3 +82,17 @@ def test_real_mocap_projects_inside_the_image(shared_data):
         heads = cam.project(cam.world_to_camera(poses[:, 10]))
         pelvis = cam.project(cam.world_to_camera(poses[:, 0]))
         assert (heads[:, 1] < pelvis[:, 1]).mean() > 0.95
+
+
+def test_camera_from_correspondences_recovers_a_calibration(rng):
+    true = camera.Camera(R=_rotation(rng), T=[1000.0, -2000.0, 1500.0], f=[1150.0, 1140.0],
+                         c=[510.0, 490.0])
+    points = rng.normal(0, 600, (40, 3)) + true.T + 4000 * true.R[2]  # in front of the camera
+    uv = true.project(true.world_to_camera(points))
+    fitted = camera.Camera.from_correspondences(points, uv)
+    np.testing.assert_allclose(fitted.f, true.f, rtol=1e-6)
+    np.testing.assert_allclose(fitted.c, true.c, atol=1e-4)
+    np.testing.assert_allclose(fitted.R, true.R, atol=1e-8)
+    np.testing.assert_allclose(fitted.T, true.T, atol=1e-4)
+    with pytest.raises(ValueError, match="at least 6"):
+        camera.Camera.from_correspondences(points[:5], uv[:5])

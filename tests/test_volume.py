@@ -47,7 +47,8 @@ def test_encode_lift_round_trip(rng):
         assert np.abs(back - pose).max() < 1e-6
 
 
-@pytest.mark.parametrize("method,tol", [("argmax", 0.5 * np.sqrt(3)), ("local_softargmax", 0.05)])
+@pytest.mark.parametrize("method,tol", [("argmax", 0.5 * np.sqrt(3)), ("local_softargmax", 0.05),
+                                        ("quadratic", 1e-3)])
 def test_encode_decode(rng, method, tol):
     voxels = rng.uniform(8, 56, (5, 3))
     heatmaps = render_gaussian(voxels)
@@ -57,6 +58,15 @@ def test_encode_decode(rng, method, tol):
     if method == "argmax":
         assert np.abs(decoded[0] - voxels).max() <= 0.5
     np.testing.assert_allclose(conf[0], heatmaps.reshape(64 * 64, 5, 64).max((0, 2)).max(), rtol=0.2)
+
+
+def test_quadratic_is_exact_near_the_border_where_the_window_is_truncated():
+    voxels = np.array([[1.3, 62.2, 32.7]])  # about one voxel from the x and y borders
+    heatmaps = render_gaussian(voxels)
+    quad, _ = GRID.decode(heatmaps, joints=1, method="quadratic")
+    local, _ = GRID.decode(heatmaps, joints=1, method="local_softargmax")
+    assert np.abs(quad[0] - voxels).max() < 1e-3
+    assert np.abs(local[0] - voxels).max() > 0.3  # the truncated window biases the centroid
 
 
 def test_coarse_depth_decodes_on_the_fine_grid():
@@ -118,3 +128,16 @@ def test_bad_inputs_raise_value_error():
         GRID.decode(np.zeros((1, 4, 4, 4)), 1, method="mean")
     with pytest.raises(ValueError, match="multiple"):
         GRID.decode(np.zeros((1, 4, 4, 5)), 2)
+
+
+def test_root_depth_numpy_equals_tf(rng):
+    poses = [random_pose(rng, root_depth=rng.uniform(2500, 7000)) for _ in range(3)]
+    bones = np.array(skeleton.H36M17.bones)
+    lengths = np.linalg.norm(poses[0][bones[:, 0]] - poses[0][bones[:, 1]], axis=-1)
+    boxes = [_box(p) for p in poses]
+    voxels = np.stack([GRID.encode(p, K=K, center=c, scale=s) for p, (c, s) in zip(poses, boxes)])
+    ref = [volume.estimate_root_depth(v, K=K, center=c, scale=s, bone_lengths=lengths, grid=GRID)
+           for v, (c, s) in zip(voxels, boxes)]
+    got = volume.estimate_root_depth_tf(voxels, np.stack([K] * 3), np.stack([c for c, _ in boxes]),
+                                        np.array([s for _, s in boxes]), lengths, GRID)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=2e-3)

@@ -135,6 +135,48 @@ class Camera:
         return backproject_pinhole(uv, depth, self.K)
 
     @classmethod
+    def from_correspondences(cls, points_world, uv):
+        """A pinhole camera fitted to world points and their pixels (DLT + RQ decomposition).
+
+        For datasets that ship 3D joints and their 2D projections but no
+        calibration in a readable form (e.g. the prepared HumanEva-I files).
+
+        Args:
+          points_world: (N, 3) mm, N >= 6, not all coplanar.
+          uv: (N, 2) px.
+        """
+        X = _checks.as_array("points_world", points_world, shape=(None, 3))
+        uv = _checks.as_array("uv", uv, shape=(len(X), 2))
+        if len(X) < 6:
+            raise ValueError(f"points_world needs at least 6 points, got {len(X)}")
+        # normalise both point sets for a well-conditioned DLT (Hartley)
+        mx, sx = X.mean(0), np.sqrt(3) / np.mean(np.linalg.norm(X - X.mean(0), axis=1))
+        mu, su = uv.mean(0), np.sqrt(2) / np.mean(np.linalg.norm(uv - uv.mean(0), axis=1))
+        Xn, un = (X - mx) * sx, (uv - mu) * su
+        rows = []
+        for (x, y, z), (u, v) in zip(Xn, un):
+            rows.append([x, y, z, 1, 0, 0, 0, 0, -u * x, -u * y, -u * z, -u])
+            rows.append([0, 0, 0, 0, x, y, z, 1, -v * x, -v * y, -v * z, -v])
+        P = np.linalg.svd(np.asarray(rows))[2][-1].reshape(3, 4)
+        Tu = np.array([[su, 0, -su * mu[0]], [0, su, -su * mu[1]], [0, 0, 1]])
+        TX = np.diag([sx, sx, sx, 1.0])
+        TX[:3, 3] = -sx * mx
+        P = np.linalg.inv(Tu) @ P @ TX
+        M = P[:, :3]
+        if np.linalg.det(M) < 0:
+            P, M = -P, -M
+        # RQ decomposition M = K R with a positive diagonal K
+        flip = np.flipud(np.eye(3))
+        Q, Rm = np.linalg.qr((flip @ M).T)
+        K = flip @ Rm.T @ flip
+        R = flip @ Q.T
+        signs = np.diag(np.sign(np.diag(K)))
+        K, R = K @ signs, signs @ R
+        K /= K[2, 2]
+        center = -np.linalg.solve(M, P[:, 3])
+        return cls(R=R, T=center, f=[K[0, 0], K[1, 1]], c=[K[0, 2], K[1, 2]])
+
+    @classmethod
     def from_h36m(cls, subject, camera_id):
         """The official calibration of a Human3.6M camera, e.g. ``("S9", "54138969")``."""
         table = h36m_camera_table()

@@ -157,3 +157,10 @@ def box_from_joints(joints_2d, margin=1.15, visible=None):
     lo, hi = joints_2d.min(0), joints_2d.max(0)
     side = margin * max(float((hi - lo).max()), 1.0)
     return (lo + hi) / 2.0, side / BOX_SIZE_PX
+
+
+def box_from_xywh_tf(box, padding=1.0):
+    """TF version of :func:`box_from_xywh` for ``(B, 4)`` ``x, y, w, h`` -> ``(center (B, 2), scale (B,))``."""
+    box = tf.cast(box, tf.float32)
+    center = box[:, :2] + box[:, 2:] / 2.0
+    return center, padding * tf.reduce_max(box[:, 2:], axis=-1) / BOX_SIZE_PX

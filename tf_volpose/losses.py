@@ -59,20 +59,12 @@ def _check(heatmaps, joints_voxel, depth):
                          f"joints and depth={depth} needs {joints * depth}")
 
 
-def volumetric_loss(heatmaps, joints_voxel, depth, sigma=2.0, fine_depth=64, mask=None):
-    """Mean squared error to the separable Gaussian target, computed without it.
+def volumetric_loss_per_example(heatmaps, joints_voxel, depth, sigma=2.0, fine_depth=64,
+                                mask=None):
+    """Per-example form of :func:`volumetric_loss`: ``(B,)``, each divided by ``J*H*W*depth``.
 
-    Args:
-      heatmaps: (B, H, W, J*depth) predictions.
-      joints_voxel: (B, J, 3) continuous voxel coordinates in this stack's grid.
-      depth: this stack's z resolution d.
-      sigma: Gaussian width, voxels of the xy grid / of the fine z grid.
-      fine_depth: z resolution the Gaussian's sigma refers to.
-      mask: optional (B, J); 0 drops a joint (unannotated) from the sum.
-
-    Returns:
-      Scalar float32: ``sum over b, unmasked j and all voxels of (G - p)^2``
-      divided by ``B * J * H * W * depth``.
+    Distributed training averages these over the global batch
+    (``tf.nn.compute_average_loss``).
     """
     heatmaps = tf.cast(heatmaps, tf.float32)
     joints_voxel = tf.cast(joints_voxel, tf.float32)
@@ -90,8 +82,27 @@ def volumetric_loss(heatmaps, joints_voxel, depth, sigma=2.0, fine_depth=64, mas
     per_joint = sum_g2 - 2.0 * sum_gp + sum_p2  # (B, J)
     if mask is not None:
         per_joint *= tf.cast(mask, tf.float32)
-    count = tf.cast(batch * joints * height * width * depth, tf.float32)
-    return tf.reduce_sum(per_joint) / count
+    count = tf.cast(joints * height * width * depth, tf.float32)
+    return tf.reduce_sum(per_joint, axis=-1) / count
+
+
+def volumetric_loss(heatmaps, joints_voxel, depth, sigma=2.0, fine_depth=64, mask=None):
+    """Mean squared error to the separable Gaussian target, computed without it.
+
+    Args:
+      heatmaps: (B, H, W, J*depth) predictions.
+      joints_voxel: (B, J, 3) continuous voxel coordinates in this stack's grid.
+      depth: this stack's z resolution d.
+      sigma: Gaussian width, voxels of the xy grid / of the fine z grid.
+      fine_depth: z resolution the Gaussian's sigma refers to.
+      mask: optional (B, J); 0 drops a joint (unannotated) from the sum.
+
+    Returns:
+      Scalar float32: ``sum over b, unmasked j and all voxels of (G - p)^2``
+      divided by ``B * J * H * W * depth``.
+    """
+    return tf.reduce_mean(
+        volumetric_loss_per_example(heatmaps, joints_voxel, depth, sigma, fine_depth, mask))
 
 
 def dense_volumetric_loss(heatmaps, joints_voxel, depth, sigma=2.0, fine_depth=64, mask=None):
@@ -115,7 +126,7 @@ def stack_targets(joints_voxel, depths, fine_depth=64):
 
 
 def multi_stage_loss(outputs, joints_voxel, depths, weights=None, sigma=2.0, fine_depth=64,
-                     mask=None):
+                     mask=None, per_example=False):
     """Weighted sum of per-stack :func:`volumetric_loss` (equal weights by default).
 
     Args:
@@ -124,6 +135,7 @@ def multi_stage_loss(outputs, joints_voxel, depths, weights=None, sigma=2.0, fin
       depths: per-stack z resolution.
       weights: per-stack weights; default all 1 (the authors).
       mask: optional (B, J).
+      per_example: return ``(B,)`` losses instead of batch means.
 
     Returns:
       ``(total, [per-stack losses])``.
@@ -133,7 +145,8 @@ def multi_stage_loss(outputs, joints_voxel, depths, weights=None, sigma=2.0, fin
     weights = [1.0] * len(depths) if weights is None else list(weights)
     if len(weights) != len(depths):
         raise ValueError(f"loss weights {weights} do not match depths {list(depths)}")
-    per_stack = [volumetric_loss(h, t, d, sigma, fine_depth, mask)
+    loss_fn = volumetric_loss_per_example if per_example else volumetric_loss
+    per_stack = [loss_fn(h, t, d, sigma, fine_depth, mask)
                  for h, t, d in zip(outputs, stack_targets(joints_voxel, depths, fine_depth), depths)]
     return tf.add_n([w * l for w, l in zip(weights, per_stack)]), per_stack
 
@@ -143,7 +156,7 @@ def normalized_coordinates(joints_voxel, xy_res, depth):
     return tf.cast(joints_voxel, tf.float32) / tf.constant([xy_res, xy_res, depth], tf.float32) - 0.5
 
 
-def coordinate_loss(predictions, joints_voxel, xy_res, depth, mask=None):
+def coordinate_loss(predictions, joints_voxel, xy_res, depth, mask=None, per_example=False):
     """L2 loss of the coordinate-regression baseline (Eq. 1).
 
     Args:
@@ -151,6 +164,7 @@ def coordinate_loss(predictions, joints_voxel, xy_res, depth, mask=None):
         :func:`normalized_coordinates`).
       joints_voxel: (B, J, 3) ground truth voxel coordinates.
       mask: optional (B, J).
+      per_example: return ``(B,)`` means over joints instead of the batch mean.
 
     Returns:
       Scalar: mean over ``B * J`` of the squared Euclidean error.
@@ -160,4 +174,5 @@ def coordinate_loss(predictions, joints_voxel, xy_res, depth, mask=None):
     err = tf.reduce_sum(tf.square(predictions - target), axis=-1)
     if mask is not None:
         err *= tf.cast(mask, tf.float32)
-    return tf.reduce_mean(err)
+    per_joint_mean = tf.reduce_mean(err, axis=-1)
+    return per_joint_mean if per_example else tf.reduce_mean(per_joint_mean)

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tf_volpose import _checks, camera, crop, skeleton
 
-DECODE_METHODS = ("argmax", "local_softargmax", "softargmax")
+DECODE_METHODS = ("argmax", "local_softargmax", "softargmax", "quadratic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,11 @@ def decode_heatmaps(heatmaps, joints, depth, method="argmax", window=6, beta=1.0
         ``(2*window+1)^3`` box around the best voxel; ``window=6`` keeps the
         truncation bias of a sigma-2 Gaussian under 0.02 voxel), or
         ``softargmax`` (expectation under ``softmax(beta * h)`` over the whole
-        volume; suits models trained with an integral loss).
+        volume; suits models trained with an integral loss), or ``quadratic``
+        (a parabola through the log-heatmap at the best voxel and its two
+        neighbours along each axis, as in DARK (Zhang et al., CVPR 2020):
+        exact for a sampled Gaussian, unbiased near the grid border where a
+        window is truncated; offsets are clipped to +-0.5 voxel).
       window: half-width of the local box, voxels.
       beta: softmax inverse temperature of ``softargmax``.
 
@@ -149,6 +153,22 @@ def decode_heatmaps(heatmaps, joints, depth, method="argmax", window=6, beta=1.0
     centres = [np.arange(n) + 0.5 for n in (nx, ny, nd)]
     if method == "argmax":
         coords = np.stack([ix + 0.5, iy + 0.5, iz + 0.5], axis=-1)
+    elif method == "quadratic":
+        vol = volume.transpose(0, 3, 1, 2, 4)  # (B, J, Y, X, d)
+        bb, jj = np.meshgrid(np.arange(b), np.arange(nj), indexing="ij")
+        floor = 1e-6 * np.maximum(confidence, 1e-12)
+        offsets = []
+        for axis, (index, n) in enumerate(((ix, nx), (iy, ny), (iz, nd))):
+            def value(shift):
+                pos = [iy, ix, iz]
+                pos[(1, 0, 2)[axis]] = np.clip(index + shift, 0, n - 1)
+                return np.log(np.maximum(vol[bb, jj, pos[0], pos[1], pos[2]], floor))
+            lo, mid, hi = value(-1), value(0), value(1)
+            curvature = lo - 2.0 * mid + hi
+            inside = (index > 0) & (index < n - 1) & (curvature < 0)
+            safe = np.where(inside, curvature, -1.0)
+            offsets.append(np.where(inside, np.clip(0.5 * (lo - hi) / safe, -0.5, 0.5), 0.0))
+        coords = np.stack([ix + 0.5 + offsets[0], iy + 0.5 + offsets[1], iz + 0.5 + offsets[2]], -1)
     else:
         if method == "softargmax":
             logits = beta * per_joint
@@ -193,6 +213,23 @@ def decode_heatmaps_tf(heatmaps, joints, depth, method="argmax", window=6, beta=
     argmax = tf.cast(tf.stack([ix, iy, iz], axis=-1), tf.float32) + 0.5
     if method == "argmax":
         coords = argmax
+    elif method == "quadratic":
+        floor = 1e-6 * tf.maximum(confidence, 1e-12)
+        offsets = []
+        for axis, (index, n) in enumerate(((ix, nx), (iy, ny), (iz, nd))):
+            def value(shift, axis=axis, index=index, n=n):
+                pos = [iy, ix, iz]
+                pos[(1, 0, 2)[axis]] = tf.clip_by_value(index + shift, 0, n - 1)
+                flat = (pos[0] * nx + pos[1]) * nd + pos[2]
+                picked = tf.gather(per_joint, flat, axis=2, batch_dims=2)
+                return tf.math.log(tf.maximum(picked, floor))
+            lo, mid, hi = value(-1), value(0), value(1)
+            curvature = lo - 2.0 * mid + hi
+            inside = (index > 0) & (index < n - 1) & (curvature < 0)
+            safe = tf.where(inside, curvature, -1.0)
+            offsets.append(tf.where(inside, tf.clip_by_value(0.5 * (lo - hi) / safe, -0.5, 0.5),
+                                    0.0))
+        coords = argmax + tf.stack(offsets, axis=-1)
     else:
         if method == "softargmax":
             weights = tf.reshape(tf.nn.softmax(beta * per_joint, axis=-1), tf.shape(volume))
@@ -302,3 +339,49 @@ def mean_bone_lengths(joints_cam, joint_set=skeleton.H36M17):
                                   shape=(None, joint_set.num_joints, 3))
     bones = np.array(joint_set.bones)
     return np.linalg.norm(joints_cam[:, bones[:, 0]] - joints_cam[:, bones[:, 1]], axis=-1).mean(0)
+
+
+def estimate_root_depth_tf(voxels, K, center, scale, bone_lengths, grid,
+                           joint_set=skeleton.H36M17, search_mm=(300.0, 30000.0),
+                           candidates=400, refinements=40):
+    """Batched TF version of :func:`estimate_root_depth` (same scan + golden section).
+
+    Args:
+      voxels: (B, J, 3). K: (B, 3, 3). center: (B, 2). scale: (B,).
+      bone_lengths: (J-1,) mm in ``joint_set.bones`` order.
+
+    Returns:
+      (B,) float32 root depths, mm.
+    """
+    voxels = tf.cast(voxels, tf.float32)
+    K = tf.cast(K, tf.float32)
+    bones = np.array(joint_set.bones)
+    uv = voxels_to_image_tf(voxels[..., :2], center, scale, grid.xy_res)
+    f = tf.stack([K[:, 0, 0], K[:, 1, 1]], axis=-1)[:, None]
+    c = tf.stack([K[:, 0, 2], K[:, 1, 2]], axis=-1)[:, None]
+    rays = tf.concat([(uv - c) / f, tf.ones_like(uv[..., :1])], axis=-1)  # (B, J, 3), Z = 1
+    dz = voxels[..., 2] / grid.depth * 2.0 * grid.z_range_mm
+    dz = dz - dz[:, joint_set.root:joint_set.root + 1]
+    child, parent = bones[:, 0], bones[:, 1]
+    ray_c, ray_p = tf.gather(rays, child, axis=1), tf.gather(rays, parent, axis=1)
+    slope = ray_c - ray_p                                                    # (B, N, 3)
+    offset = tf.gather(dz, child, axis=1)[..., None] * ray_c - tf.gather(dz, parent, axis=1)[..., None] * ray_p
+    lengths = tf.cast(bone_lengths, tf.float32)
+
+    def cost(z):  # z: (B, M) -> (B, M)
+        bone = z[..., None, None] * slope[:, None] + offset[:, None]
+        return tf.reduce_sum(tf.square(tf.norm(bone, axis=-1) - lengths), axis=-1)
+
+    grid_z = tf.constant(np.geomspace(search_mm[0], search_mm[1], candidates), tf.float32)
+    batch = tf.shape(voxels)[0]
+    best = tf.argmin(cost(tf.tile(grid_z[None], [batch, 1])), axis=-1, output_type=tf.int32)
+    lo = tf.gather(grid_z, tf.maximum(best - 1, 0))
+    hi = tf.gather(grid_z, tf.minimum(best + 1, candidates - 1))
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(refinements):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        better_a = cost(tf.stack([a, b], -1))
+        take_a = better_a[:, 0] < better_a[:, 1]
+        hi = tf.where(take_a, b, hi)
+        lo = tf.where(take_a, lo, a)
+    return (lo + hi) / 2.0

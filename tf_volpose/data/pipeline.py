@@ -43,6 +43,8 @@ class PipelineOptions:
     deterministic: bool = False
     strict: bool = False
     skip: int = 0  # records to skip (resume position), training only
+    num_shards: int = 1  # input pipelines (workers) sharing the records
+    shard_index: int = 0
 
 
 def list_files(file_pattern):
@@ -177,6 +179,8 @@ def make_dataset(file_pattern, *, training, batch_size, **options):
     ds = ds.interleave(read, cycle_length=min(4, len(files)), block_length=1,
                        num_parallel_calls=None if opts.deterministic else tf.data.AUTOTUNE,
                        deterministic=True if opts.deterministic else None)
+    if opts.num_shards > 1:
+        ds = ds.shard(opts.num_shards, opts.shard_index)
     if training:
         ds = ds.shuffle(opts.shuffle_buffer, seed=opts.seed).repeat()
         ds = ds.skip(opts.skip)

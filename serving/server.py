@@ -1,0 +1,269 @@
+"""A local server speaking TF Serving's gRPC API (and its REST predict endpoint).
+
+For development and tests where ``tensorflow_model_server`` cannot be
+installed. It uses the same ``tensorflow_serving.apis`` protos, serves the
+newest numeric version under ``--model_base_path``, and maps errors as TF
+Serving does: unknown model or version -> NOT_FOUND, unknown signature ->
+FAILED_PRECONDITION, undecodable or out-of-range input -> INVALID_ARGUMENT.
+It keeps serving after any bad request, bounds concurrent inference, and
+rejects images above ``--max_pixels`` from their header, before decoding.
+
+    python serving/server.py --model_base_path=exports/volpose --model_name=volpose --port=8500 \
+        [--rest_port=8501]
+"""
+
+import base64
+import concurrent.futures
+import glob
+import http.server
+import json
+import os
+import struct
+import threading
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_base_path", "exports/volpose", "Directory of numeric versions.")
+flags.DEFINE_string("model_name", "volpose", "Model name clients ask for.")
+flags.DEFINE_integer("port", 8500, "gRPC port.")
+flags.DEFINE_integer("rest_port", 0, "REST port (0: no REST endpoint).")
+flags.DEFINE_string("host", "127.0.0.1", "Address to bind.")
+flags.DEFINE_integer("max_concurrent", 2, "Inference calls running at once.")
+flags.DEFINE_integer("max_pixels", 40_000_000, "Largest accepted image (width x height).")
+
+
+class RequestError(Exception):
+    """A request the server refuses; carries the gRPC status code."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def image_size(data):
+    """``(width, height)`` from a JPEG or PNG header, without decoding the pixels."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"\xff\xd8":
+        try:
+            height, width, _ = tf.io.extract_jpeg_shape(data).numpy()
+        except tf.errors.InvalidArgumentError as e:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"image_bytes is not a decodable JPEG: {e.message}") from None
+        return int(width), int(height)
+    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "image_bytes is not a JPEG or PNG image")
+
+
+def newest_version(base_path):
+    versions = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(base_path, "*"))
+                      if os.path.basename(p).isdigit())
+    if not versions:
+        raise ValueError(f"no numeric version directory under {base_path!r}")
+    return versions[-1]
+
+
+class ModelServer:
+    """Loads the newest version and answers requests (shared by the gRPC and REST front ends)."""
+
+    def __init__(self, base_path, name, max_concurrent=2, max_pixels=40_000_000):
+        self.name = name
+        self.version = newest_version(base_path)
+        self.path = os.path.join(base_path, str(self.version))
+        self.loaded = tf.saved_model.load(self.path)
+        self.signatures = dict(self.loaded.signatures)
+        self.max_pixels = int(max_pixels)
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        proto = saved_model_pb2.SavedModel()
+        with open(os.path.join(self.path, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+        self.signature_defs = proto.meta_graphs[0].signature_def
+
+    def check_model(self, spec):
+        if spec.name != self.name:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Latest({spec.name})")
+        if spec.HasField("version") and spec.version.value != self.version:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Specific({spec.name}, "
+                               f"{spec.version.value})")
+
+    def run(self, signature_name, inputs):
+        """Runs a signature on NumPy inputs; returns a dict of NumPy outputs."""
+        signature_name = signature_name or "serving_default"
+        if signature_name not in self.signatures:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"Serving signature name: \"{signature_name}\" not found in "
+                               f"signature def; known: {sorted(self.signatures)}")
+        fn = self.signatures[signature_name]
+        spec = fn.structured_input_signature[1]
+        if set(inputs) != set(spec):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"inputs must be {sorted(spec)}, got {sorted(inputs)}")
+        tensors = {}
+        for key, value in inputs.items():
+            try:
+                tensors[key] = tf.convert_to_tensor(value, dtype=spec[key].dtype)
+            except (TypeError, ValueError) as e:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input {key}: expected {spec[key].dtype.name}: {e}") from None
+            if not spec[key].shape.is_compatible_with(tensors[key].shape):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input {key}: expected shape {spec[key].shape}, "
+                                   f"got {tensors[key].shape}")
+        if "image_bytes" in tensors:
+            for data in tensors["image_bytes"].numpy().reshape(-1):
+                width, height = image_size(data)
+                if width * height > self.max_pixels:
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"image of {width}x{height} px is above the limit of "
+                                       f"{self.max_pixels} pixels")
+        with self._slots:
+            try:
+                outputs = fn(**tensors)
+            except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, e.message) from None
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    def model_spec(self, signature_name=""):
+        spec = model_pb2.ModelSpec(name=self.name, signature_name=signature_name)
+        spec.version.value = self.version
+        return spec
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, server):
+        self.server = server
+
+    def Predict(self, request, context):
+        try:
+            self.server.check_model(request.model_spec)
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            outputs = self.server.run(request.model_spec.signature_name, inputs)
+        except RequestError as e:
+            context.abort(e.code, str(e))
+        except Exception as e:  # keep serving whatever happens
+            logging.exception("Predict failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+        wanted = set(request.output_filter) or set(outputs)
+        response = predict_pb2.PredictResponse(
+            model_spec=self.server.model_spec(request.model_spec.signature_name or "serving_default"))
+        for key in wanted & set(outputs):
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
+        return response
+
+    def GetModelMetadata(self, request, context):
+        try:
+            self.server.check_model(request.model_spec)
+        except RequestError as e:
+            context.abort(e.code, str(e))
+        if list(request.metadata_field) != ["signature_def"]:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "metadata_field must contain exactly signature_def")
+        response = get_model_metadata_pb2.GetModelMetadataResponse(
+            model_spec=self.server.model_spec())
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, value in self.server.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(value)
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, server):
+        self.server = server
+
+    def GetModelStatus(self, request, context):
+        try:
+            self.server.check_model(request.model_spec)
+        except RequestError as e:
+            context.abort(e.code, str(e))
+        status = get_model_status_pb2.ModelVersionStatus(
+            version=self.server.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+        return get_model_status_pb2.GetModelStatusResponse(model_version_status=[status])
+
+
+def _rest_handler(server):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _reply(self, code, body):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):
+            prefix = f"/v1/models/{server.name}"
+            if not self.path.startswith("/v1/models/") or not self.path.endswith(":predict"):
+                return self._reply(404, {"error": f"unknown path {self.path}"})
+            if not self.path.startswith(prefix + ":") and not self.path.startswith(prefix + "/"):
+                return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                instances = body["instances"]
+                inputs = {key: [_from_json(inst[key]) for inst in instances] for key in instances[0]}
+                outputs = server.run(body.get("signature_name", ""),
+                                     {k: np.array(v) for k, v in inputs.items()})
+            except RequestError as e:
+                return self._reply(404 if e.code == grpc.StatusCode.NOT_FOUND else 400,
+                                   {"error": str(e)})
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                return self._reply(400, {"error": f"malformed request: {e}"})
+            n = len(instances)
+            predictions = [{k: v[i].tolist() for k, v in outputs.items()} for i in range(n)]
+            return self._reply(200, {"predictions": predictions})
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def _from_json(value):
+    if isinstance(value, dict) and "b64" in value:
+        return base64.b64decode(value["b64"])
+    return value
+
+
+def serve(base_path, name, port, host="127.0.0.1", rest_port=0, max_concurrent=2,
+          max_pixels=40_000_000):
+    """Starts the servers; returns ``(grpc_server, http_server_or_None, ModelServer)``."""
+    model = ModelServer(base_path, name, max_concurrent, max_pixels)
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrent + 4),
+                         maximum_concurrent_rpcs=64,
+                         options=[("grpc.max_send_message_length", 256 << 20),
+                                  ("grpc.max_receive_message_length", 64 << 20)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(model),
+                                                                        server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(model), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound:
+        raise OSError(f"cannot bind {host}:{port}")
+    server.start()
+    rest = None
+    if rest_port:
+        rest = http.server.ThreadingHTTPServer((host, rest_port), _rest_handler(model))
+        threading.Thread(target=rest.serve_forever, daemon=True).start()
+    return server, rest, model
+
+
+def main(argv):
+    del argv
+    server, rest, model = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.port, FLAGS.host,
+                                FLAGS.rest_port, FLAGS.max_concurrent, FLAGS.max_pixels)
+    print(f"serving {model.name} version {model.version} from {model.path} on "
+          f"{FLAGS.host}:{FLAGS.port} (gRPC)" + (f" and :{FLAGS.rest_port} (REST)" if rest else ""),
+          flush=True)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    app.run(main)

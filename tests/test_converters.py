@@ -1,0 +1,159 @@
+import os
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_volpose import camera, crop
+from tf_volpose.data import h36m, pipeline, records
+from tests.conftest import random_pose
+
+
+def _write_cdf(path, data):
+    from cdflib.cdfwrite import CDF
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    writer = CDF(path)
+    writer.write_var({"Variable": "Pose", "Data_Type": 45, "Num_Elements": 1, "Rec_Vary": True,
+                      "Dim_Sizes": list(data.shape[1:])}, var_data=data)
+    writer.close()
+
+
+def _fake_h36m(root, rng, frames=12, subjects=("S1", "S9"), cam_id="54138969"):
+    """A real-layout tree: D3_Positions_mono CDF poses and extracted JPEG frames."""
+    frames_root = root / "frames"
+    for subject in subjects:
+        cam = camera.Camera.from_h36m(subject, cam_id)
+        poses32 = np.zeros((frames, 32, 3))
+        for f in range(frames):
+            pose = random_pose(rng, root_depth=5000.0)
+            pose[:, 0] *= 0.5  # keep the person well inside the 1000 px frame
+            poses32[f] = rng.normal(0, 50, (32, 3)) + pose[0]
+            poses32[f, list(h36m.H36M32_TO_17)] = pose
+        action = "Directions 1"
+        _write_cdf(str(root / subject / "MyPoseFeatures" / "D3_Positions_mono" /
+                       f"{action}.{cam_id}.cdf"), poses32.reshape(1, frames, 96))
+        for f in range(0, frames, 5):
+            if subject == "S9" and f == 5:
+                continue  # a missing frame: skipped and counted
+            path = h36m.frame_path(str(frames_root), subject, action, cam_id, f)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            image = np.full((1002, 1000, 3), 90, np.uint8)
+            uv = cam.project(poses32[f, list(h36m.H36M32_TO_17)])
+            for u, v in uv:
+                cv2.circle(image, (int(u), int(v)), 8, (255, 255, 255), -1)
+            cv2.imwrite(path, image)
+    return frames_root
+
+
+def test_h36m_real_layout_converts(tmp_path, rng):
+    frames_root = _fake_h36m(tmp_path / "h36m", rng)
+    out = tmp_path / "out"
+    summary = h36m.convert(str(tmp_path / "h36m"), str(out), str(frames_root), subjects=("S1", "S9"))
+    assert summary["written"] == {"train": 3, "test": 2}  # frames 0, 5, 10; S9 lacks frame 5
+    assert summary["skipped"] == {"missing image": 1}
+    assert sorted(os.listdir(out)) == ["test-00000.tfrecord", "train-00000.tfrecord"]
+    for raw in tf.data.TFRecordDataset(str(out / "train-00000.tfrecord")):
+        ex = records.parse_example(raw)
+        cam = camera.Camera.from_h36m("S1", ex["meta/camera"].numpy().decode())
+        # joints/2d is the projection of joints/3d with the dataset's distortion
+        np.testing.assert_allclose(cam.project(ex["joints/3d"].numpy()), ex["joints/2d"].numpy(),
+                                   atol=1e-3)
+        assert ex["meta/action"].numpy() == b"Directions 1" and ex["meta/frame"].numpy() % 5 == 0
+        assert (ex["image/height"].numpy(), ex["image/width"].numpy()) == (1002, 1000)
+    # records parse through the pipeline and the crop contains the person
+    ds = pipeline.make_dataset(str(out / "*.tfrecord"), training=False, batch_size=8,
+                               input_size=64, xy_res=16)
+    inputs, targets = next(iter(ds))
+    voxels = targets["joints_voxel"].numpy()
+    assert voxels.shape[0] == 5
+    assert (voxels[..., :2] > 0).all() and (voxels[..., :2] < 16).all()
+    # the drawn joint dots are where the targets say
+    image = inputs["image"].numpy()[0].mean(-1)
+    for x, y in voxels[0, :, :2] * 4:
+        assert image[min(int(y), 63), min(int(x), 63)] > 0.6
+
+
+def test_h36m_strict_and_unreadable_files(tmp_path, rng):
+    frames_root = _fake_h36m(tmp_path / "h36m", rng, subjects=("S9",))
+    with pytest.raises(h36m.ConversionError, match="missing frame image .*S9_Directions_1"):
+        h36m.convert(str(tmp_path / "h36m"), str(tmp_path / "out"), str(frames_root),
+                     subjects=("S9",), strict=True)
+    assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tfrecord")]
+    bad = tmp_path / "bad" / "S1" / "MyPoseFeatures" / "D3_Positions_mono" / "Walking.54138969.cdf"
+    os.makedirs(bad.parent)
+    bad.write_bytes(b"not a cdf")
+    with pytest.raises(h36m.ConversionError, match="Walking.54138969.cdf"):
+        h36m.convert(str(tmp_path / "bad"), str(tmp_path / "out2"), str(frames_root),
+                     subjects=("S1",))
+    with pytest.raises(h36m.ConversionError, match="no D3_Positions_mono"):
+        h36m.convert(str(tmp_path / "empty"), str(tmp_path / "out3"), subjects=("S1",))
+
+
+def _jpeg_file(path, size=(200, 160), dots=()):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = np.full((size[1], size[0], 3), 80, np.uint8)
+    for u, v in dots:
+        cv2.circle(image, (int(u), int(v)), 3, (255, 255, 255), -1)
+    cv2.imwrite(str(path), image)
+
+
+def test_mpii_layout_converts(tmp_path, rng):
+    import h5py
+    from tf_volpose.data import mpii
+    n = 3
+    parts = rng.uniform(60, 140, (n, 16, 2))
+    parts[1, 4] = 0.0  # unannotated joint
+    with h5py.File(tmp_path / "train.h5", "w") as f:
+        f["part"] = parts
+        f["visible"] = np.ones((n, 16))
+        f["center"] = np.full((n, 2), 100.0)
+        f["scale"] = np.full(n, 0.5)
+        f["normalize"] = np.full(n, 20.0)
+        f["imgname"] = np.array([b"a.jpg", b"b.jpg", b"missing.jpg"])
+    for name, p in (("a.jpg", parts[0]), ("b.jpg", parts[1])):
+        _jpeg_file(tmp_path / "images" / name, dots=p)
+    summary = mpii.convert(str(tmp_path / "train.h5"), str(tmp_path / "images"), str(tmp_path / "out"))
+    assert summary == {"written": 2, "skipped": {"missing image": 1}}
+    ds = pipeline.make_dataset(str(tmp_path / "out" / "train-*"), training=False, batch_size=4,
+                               input_size=64, xy_res=16, joint_set="mpii16")
+    inputs, targets = next(iter(ds))
+    assert targets["has_3d"].numpy().tolist() == [0.0, 0.0]
+    assert targets["mask"].numpy()[1, 4] == 0.0 and targets["mask"].numpy()[0].sum() == 16
+    voxels = targets["joints_voxel"].numpy()
+    visible = targets["mask"].numpy() > 0
+    assert ((voxels[..., :2] > 0) & (voxels[..., :2] < 16)).all(-1)[visible].all()
+    with pytest.raises(Exception, match="cannot read MPII annotations"):
+        mpii.convert(str(tmp_path / "none.h5"), str(tmp_path / "images"), str(tmp_path / "o2"))
+
+
+def test_humaneva_layout_converts_with_fitted_cameras(tmp_path, rng):
+    from tf_volpose.data import humaneva
+    cams = [camera.Camera(R=camera.look_at_rotation([4000.0 * np.cos(a), 4000.0 * np.sin(a), 1500.0],
+                                                    [0, 0, 1000.0]),
+                          T=[4000.0 * np.cos(a), 4000.0 * np.sin(a), 1500.0], f=[760.0, 760.0],
+                          c=[320.0, 240.0]) for a in (0.3, 2.2, 4.1)]
+    poses = {}
+    for subject in ("Train/S1", "Validate/S2"):
+        seq = np.stack([random_pose(rng)[:15] * [1, 1, 0] for _ in range(4)])  # (F, 15, 3) mm
+        seq[..., 2] += rng.normal(1000, 300, seq.shape[:2])
+        poses[subject] = {"Walking 1 chunk0": seq / 1000.0, "Box 1 chunk0": seq / 1000.0}
+    positions_2d = {s: {a: [c.project(c.world_to_camera(p.reshape(-1, 3) * 1000)).reshape(-1, 15, 2)
+                            for c in cams] for a, p in acts.items()} for s, acts in poses.items()}
+    np.savez(tmp_path / "3d.npz", positions_3d=poses)
+    np.savez(tmp_path / "2d.npz", positions_2d=positions_2d)
+    for subject, acts in positions_2d.items():
+        for cam_name, uv in zip(humaneva.CAMERAS, acts["Walking 1 chunk0"]):
+            for frame in range(4):
+                _jpeg_file(tmp_path / "frames" / humaneva.DEFAULT_FRAMES_PATTERN.format(
+                    subject=subject.split("/")[1], action="Walking 1 chunk0", camera=cam_name,
+                    frame=frame), size=(640, 480))
+    summary = humaneva.convert(str(tmp_path / "3d.npz"), str(tmp_path / "2d.npz"),
+                               str(tmp_path / "frames"), str(tmp_path / "out"))
+    assert summary["written"] == {"train": 12, "validation": 12}  # Box is not converted
+    for raw in tf.data.TFRecordDataset(str(tmp_path / "out" / "validation-00000.tfrecord")):
+        ex = records.parse_example(raw)
+        K = camera.intrinsics_matrix(ex["camera/f"].numpy(), ex["camera/c"].numpy())
+        np.testing.assert_allclose(camera.project_pinhole(ex["joints/3d"].numpy(), K),
+                                   ex["joints/2d"].numpy(), atol=0.05)
+        assert ex["meta/subject"].numpy() == b"S2" and ex["meta/action"].numpy() == b"Walking 1"

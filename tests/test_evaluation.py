@@ -1,0 +1,111 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tf_volpose import camera, crop, evaluation, metrics, skeleton, training, volume
+from tf_volpose.data import synthetic
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_data")
+    synthetic.generate(str(out), num_train=12, num_val=6, seed=2, workers=1)
+    return out
+
+
+def _config(data_dir, model_dir, **kw):
+    values = dict(model_dir=str(model_dir), train_pattern=str(data_dir / "train-*"),
+                  val_pattern=str(data_dir / "val-*"), features=8, input_size=64, depths=(1, 64),
+                  batch_size=2, train_steps=2, checkpoint_every=2, summary_every=1,
+                  image_summary_every=0, val_every=0, val_examples=2)
+    values.update(kw)
+    return training.TrainConfig(**values)
+
+
+def test_oracle_floor_continuous_and_argmax(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path)
+    result, paths = evaluation.evaluate(config, evaluation.EvalOptions(oracle="quadratic"),
+                                        output_dir=str(tmp_path / "soft"))
+    assert result["mpjpe_mm"]["Average"]["mean"] < 0.5  # continuous coordinates survive the grid
+    local, _ = evaluation.evaluate(config, evaluation.EvalOptions(oracle="local_softargmax"),
+                                   output_dir=str(tmp_path / "local"))
+    assert local["mpjpe_mm"]["Average"]["mean"] < 60.0  # biased only by windows cut by the border
+    argmax, _ = evaluation.evaluate(config, evaluation.EvalOptions(oracle="argmax", decode="argmax"),
+                                    output_dir=str(tmp_path / "argmax"))
+    floor = argmax["mpjpe_mm"]["Average"]["mean"]
+    # quantisation floor: uniform error within a voxel; a 16x16 grid of a ~1 m box is coarse
+    assert 5.0 < floor < 200.0
+    assert argmax["voxel_error"] == pytest.approx(0.48, abs=0.12)  # E|U(-.5,.5)^3| ~ 0.48
+    assert os.path.exists(paths[0]) and paths[1].endswith("report.md")
+    text = open(paths[1]).read()
+    assert "MPJPE" in text and "PA-MPJPE" in text and "3D PCP" in text
+
+
+def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path)
+    training.train(config)
+    evaluation.write_bone_lengths(config.train_pattern)
+    for root_depth in ("gt", "bone_lengths"):
+        options = evaluation.EvalOptions(root_depth=root_depth, flip_test=True)
+        result, paths = evaluation.evaluate(config, options, checkpoint=str(tmp_path))
+        assert os.path.dirname(paths[0]) == str(tmp_path)  # beside the checkpoint
+        data = json.load(open(paths[0]))
+        assert data["frames"] == 6 and "Average" in data["mpjpe_mm"]
+        assert set(data["pcp3d"]) >= {"upper_arms", "lower_legs", "all"}
+        assert np.isfinite(data["pa_mpjpe_mm"]["Average"]["mean"])
+        assert data["pa_mpjpe_mm"]["Average"]["mean"] <= data["mpjpe_mm"]["Average"]["mean"] + 1e-6
+    with pytest.raises(ValueError, match="checkpoint"):
+        evaluation.evaluate(config, evaluation.EvalOptions(), checkpoint=str(tmp_path / "none"))
+
+
+def test_table_arithmetic_on_hand_made_predictions():
+    gt = np.zeros((4, 17, 3))
+    gt[:, :, 2] = 5000.0
+    gt[:, 1:, 0] = np.arange(1, 17) * 100.0  # a spread-out skeleton
+    pred = gt.copy()
+    pred[0, 1:, 1] += 17.0 / 16.0 * 10.0  # 16 joints off by 10.625 mm: frame MPJPE 10 mm
+    pred[1, 1:, 1] += 17.0 / 16.0 * 20.0
+    pred[2, 1:, 1] += 17.0 / 16.0 * 60.0
+    pred[3] = gt[3]
+    n = 4
+    p = {"pred_mm": pred, "gt_mm": gt, "has_3d": np.ones(n, bool), "root_depth_mm": np.full(n, 5000.0),
+         "pred_voxels": np.zeros((n, 17, 3)), "gt_voxels": np.zeros((n, 17, 3)),
+         "pred_px": np.zeros((n, 17, 2)), "gt_px": np.zeros((n, 17, 2)), "mask": np.ones((n, 17)),
+         "action": np.array(["Walking 1", "Walking 2", "Eating 1", "Eating 2"]),
+         "subject": np.array(["S9"] * 4)}
+    result = evaluation.compute_metrics(p)
+    table = result["mpjpe_mm"]
+    assert list(table) == ["Eating", "Walking", "Average"]  # Table 4 column order
+    assert table["Walking"]["mean"] == pytest.approx(15.0)
+    assert table["Eating"]["mean"] == pytest.approx(30.0)
+    assert table["Average"]["mean"] == pytest.approx(22.5)  # frames: (10+20+60+0)/4
+    # PCP rule: a limb is correct when both ends are within half its length. Joint i sits at
+    # x = 100 i, so limb (a, b) is 100 |a - b| long. Frames 0, 1, 3 (errors <= 21.25 mm) get all
+    # 16 limbs; frame 2 (63.75 mm on every joint but the root) only those longer than 127.5 mm:
+    # (0, 4), (0, 7), (8, 11), (8, 14).
+    assert result["pcp3d"]["all"] == pytest.approx((3 * 16 + 4) / 64)
+    assert result["pcp3d"]["upper_arms"] == pytest.approx(3 / 4)
+
+
+def test_representation_floor_on_real_h36m_s9(shared_data):
+    """Argmax at 64^3 with ground-truth root depth on real S9 poses: about 21.6 mm."""
+    data = np.load(shared_data / "h36m_mocap_17j_10fps.npz")
+    grid = volume.VoxelGrid(64, 64, 1000.0)
+    errors, soft = [], []
+    keys = sorted(k for k in data.files if k.startswith("S9/"))
+    for key in keys:
+        poses = data[key][::10]
+        for cam_id in ("54138969", "55011271", "58860488", "60457274"):
+            cam = camera.Camera.from_h36m("S9", cam_id)
+            for pose in poses:
+                joints = cam.world_to_camera(pose)
+                center, scale = crop.box_from_joints(cam.project(joints))
+                vox = grid.encode(joints, K=cam.K, center=center, scale=scale)
+                quantised = np.floor(vox) + 0.5
+                lifted = grid.lift(quantised, K=cam.K, center=center, scale=scale,
+                                   root_depth=joints[0, 2])
+                errors.append(metrics.mpjpe(lifted[None], joints[None])[0])
+    floor = float(np.mean(errors))
+    assert 15.0 < floor < 30.0, floor

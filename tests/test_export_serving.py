@@ -1,0 +1,225 @@
+import base64
+import glob
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+
+from tf_volpose import evaluation, export, training, volume
+from tf_volpose.data import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "serving"))  # serving/ holds scripts, not a package
+import client as serving_client  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = root / "data"
+    synthetic.generate(str(data), num_train=8, num_val=2, seed=5, workers=1)
+    config = training.TrainConfig(model_dir=str(root / "run"), train_pattern=str(data / "train-*"),
+                                  val_pattern="", features=8, input_size=64, depths=(1, 4),
+                                  batch_size=2, train_steps=1, checkpoint_every=1, summary_every=1,
+                                  image_summary_every=0, val_every=0)
+    result = training.train(config)
+    lengths, _ = evaluation.compute_bone_lengths(config.train_pattern)
+    return config, result["model"], lengths, root
+
+
+def _jpeg(h=120, w=90, seed=0):
+    rng = np.random.default_rng(seed)
+    image = cv2.resize(rng.integers(0, 255, (8, 6, 3)).astype(np.uint8), (w, h))
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def test_export_reload_matches_the_in_memory_model(trained, tmp_path):
+    config, model, lengths, _ = trained
+    path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    assert path.endswith(os.path.join("volpose", "1"))
+    assert os.path.exists(os.path.join(path, "assets.extra", export.WARMUP_FILE))
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default", "with_intrinsics", "heatmaps"}
+    images = tf.constant([_jpeg(), _jpeg(seed=1)])
+    boxes = tf.constant([[10.0, 20.0, 60.0, 80.0], [0.0, 0.0, 90.0, 120.0]])
+    got = loaded.signatures["serving_default"](image_bytes=images, box=boxes)
+    module = export.ServingModule(model, config, lengths)
+    want = module.serving_default(images, boxes)
+    for key in ("joints_3d_mm", "joints_2d_px", "joints_voxel", "confidence"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-4, atol=1e-3)
+    assert got["joints_3d_mm"].shape == (2, 17, 3) and got["confidence"].shape == (2, 17)
+    # same decode path as evaluation: heatmaps of the crop -> decode_heatmaps_tf
+    heat = loaded.signatures["heatmaps"](image_bytes=images, box=boxes)["heatmaps"]
+    voxels, conf = volume.decode_heatmaps_tf(heat, 17, config.fine_depth, "local_softargmax")
+    np.testing.assert_allclose(voxels.numpy(), got["joints_voxel"].numpy(), atol=1e-4)
+    # calibrated camera: a longer focal length puts the person further away
+    calib = loaded.signatures["with_intrinsics"](image_bytes=images, box=boxes,
+                                                 focal=tf.constant([[2000.0, 2000.0]] * 2),
+                                                 principal_point=tf.constant([[45.0, 60.0]] * 2))
+    assert (calib["root_depth_mm"].numpy() > got["root_depth_mm"].numpy()).all()
+    # versions count up
+    assert export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths).endswith("2")
+    with pytest.raises(ValueError, match="already exists"):
+        export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths, version=2)
+
+
+def test_saved_model_cli_lists_the_signatures(trained, tmp_path):
+    config, model, lengths, _ = trained
+    path = export.export_saved_model(model, config, str(tmp_path / "v"), lengths)
+    cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
+    if not cli.exists():
+        pytest.skip("saved_model_cli is not installed beside this Python")
+    out = subprocess.run([str(cli), "show", "--dir", path, "--all"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("serving_default", "with_intrinsics", "heatmaps", "image_bytes", "joints_3d_mm"):
+        assert name in out.stdout
+
+
+def test_bf16_export_is_close_to_fp32(trained, tmp_path):
+    config, model, lengths, _ = trained
+    images = tf.constant([_jpeg()])
+    boxes = tf.constant([[0.0, 0.0, 90.0, 120.0]])
+    fp32 = export.ServingModule(model, config, lengths).heatmaps(images, boxes)["heatmaps"]
+    low = export.build_for_precision(model, config, "bf16")
+    assert low.get_layer("s0_head").compute_dtype == "bfloat16"
+    bf16 = export.ServingModule(low, config, lengths).heatmaps(images, boxes)["heatmaps"]
+    assert bf16.dtype == tf.float32
+    scale = float(tf.reduce_max(tf.abs(fp32)))
+    assert float(tf.reduce_max(tf.abs(bf16 - fp32))) < 0.1 * scale + 1e-3
+
+
+def test_killed_export_leaves_no_version_directory(trained, tmp_path):
+    config, model, lengths, root = trained
+    base = tmp_path / "volpose"
+    script = (f"import json, numpy as np\n"
+              f"from tf_volpose import training, evaluation, export\n"
+              f"config = training.load_config({str(root / 'run')!r})\n"
+              f"model, _ = evaluation.load_trained_model(config, {str(root / 'run')!r})\n"
+              f"export.export_saved_model(model, config, {str(base)!r}, np.full(16, 300.0))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not glob.glob(str(base / ".tmp-*" / "*")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not [p for p in os.listdir(base) if p.isdigit()]
+    # the next export cleans the leftovers and writes version 1
+    assert export.export_saved_model(model, config, str(base), lengths).endswith("1")
+    assert not glob.glob(str(base / ".tmp-*"))
+
+
+def test_serving_config_files_parse():
+    from tensorflow_serving.config import model_server_config_pb2
+    from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
+    models = text_format.Parse((REPO / "serving" / "models.config").read_text(),
+                               model_server_config_pb2.ModelServerConfig())
+    assert models.model_config_list.config[0].name == "volpose"
+    batching = text_format.Parse((REPO / "serving" / "batching.config").read_text(),
+                                 session_bundle_config_pb2.BatchingParameters())
+    assert batching.max_batch_size.value == 8
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    config, model, lengths, _ = trained
+    base = tmp_path_factory.mktemp("serve") / "volpose"
+    export.export_saved_model(model, config, str(base), lengths)
+    port, rest_port = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "serving" / "server.py"), f"--model_base_path={base}",
+         "--model_name=volpose", f"--port={port}", f"--rest_port={rest_port}",
+         "--max_pixels=100000"], env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = serving_client.GrpcClient(f"127.0.0.1:{port}", timeout=60, retries=8)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                client.status()
+                break
+            except serving_client.ServingError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError(proc.stdout.read() if proc.poll() is not None else "timeout")
+                time.sleep(0.5)
+        yield client, f"127.0.0.1:{port}", f"127.0.0.1:{rest_port}", proc
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_grpc_round_trip(server):
+    client, address, _, _ = server
+    out = client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])
+    assert out["joints_3d_mm"].shape == (17, 3) and np.isfinite(out["joints_3d_mm"]).all()
+    assert client.status() == [(1, "AVAILABLE")]
+    signatures = client.metadata()
+    assert set(signatures) >= {"serving_default", "with_intrinsics", "heatmaps"}
+    assert "image_bytes" in signatures["serving_default"].inputs
+    heat = client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0], signature="heatmaps")
+    assert heat["heatmaps"].shape == (16, 16, 17 * 4)
+
+
+@pytest.mark.parametrize("image,box", [
+    (b"\x00\x01random bytes" * 10, [0, 0, 10, 10]),
+    (b"", [0, 0, 10, 10]),
+    ("good", [0, 0, 0, 10]),
+    ("good", [0, float("nan"), 10, 10]),
+    ("huge", [0, 0, 10, 10]),
+    (b"\xff\xd8\xff\xe0 truncated jpeg", [0, 0, 10, 10]),
+])
+def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server, image, box):
+    client = server[0]
+    if image == "good":
+        image = _jpeg()
+    elif image == "huge":
+        image = _jpeg(h=400, w=400)  # 160,000 px > --max_pixels=100000
+    with pytest.raises(serving_client.ServingError) as info:
+        client.predict(image, box)
+    assert info.value.code == "INVALID_ARGUMENT", str(info.value)
+    assert client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])["confidence"].shape == (17,)
+
+
+def test_unknown_model_and_signature(server):
+    _, address, _, _ = server
+    other = serving_client.GrpcClient(address, model="nope", timeout=30)
+    with pytest.raises(serving_client.ServingError, match="NOT_FOUND"):
+        other.predict(_jpeg(), [0, 0, 10, 10])
+    with pytest.raises(serving_client.ServingError, match="FAILED_PRECONDITION"):
+        server[0].predict(_jpeg(), [0, 0, 10, 10], signature="nope")
+
+
+def test_rest_round_trip(server):
+    _, _, rest, _ = server
+    out = serving_client.RestClient(rest).predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])
+    assert out["joints_3d_mm"].shape == (17, 3)
+    grpc_out = server[0].predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])
+    np.testing.assert_allclose(out["joints_3d_mm"], grpc_out["joints_3d_mm"], rtol=1e-5)
+    with pytest.raises(serving_client.ServingError, match="HTTP 400"):
+        serving_client.RestClient(rest).predict(b"junk", [0, 0, 10, 10])
+
+
+def test_client_retries_then_reports_unavailable():
+    client = serving_client.GrpcClient(f"127.0.0.1:{_free_port()}", timeout=2, retries=2)
+    start = time.time()
+    with pytest.raises(serving_client.ServingError, match="UNAVAILABLE"):
+        client.status()
+    assert time.time() - start >= 0.2 + 0.4  # two backoffs

@@ -1,0 +1,217 @@
+import glob
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from tf_volpose import training
+from tf_volpose.data import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = dict(features=8, input_size=64, depths=(1, 4), batch_size=2, checkpoint_every=2,
+            summary_every=1, image_summary_every=2, val_every=2, val_examples=4)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_data")
+    synthetic.generate(str(out), num_train=16, num_val=4, seed=1, examples_per_shard=8, workers=1)
+    return out
+
+
+def _config(data_dir, model_dir, **kw):
+    values = dict(TINY, model_dir=str(model_dir), train_pattern=str(data_dir / "train-*"),
+                  val_pattern=str(data_dir / "val-*"), deterministic=True, train_steps=4)
+    values.update(kw)
+    return training.TrainConfig(**values)
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.cfg"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_parses_and_dry_run_builds(name, data_dir, tmp_path, monkeypatch):
+    text = (REPO / "configs" / name).read_text()
+    assert text.startswith("#") and "python tools/train.py --flagfile=configs/" + name in text
+    tool = _load_tool()
+    flag_values = flags.FlagValues()
+    tool.define_config_flags(flag_values)
+    monkeypatch.chdir(REPO)
+    flag_values(["train", f"--flagfile=configs/{name}", f"--model_dir={tmp_path}",
+                 f"--train_pattern={data_dir}/train-*", f"--val_pattern={data_dir}/val-*",
+                 "--features=8", "--input_size=64", "--init_checkpoint=", "--synthetic_dir="])
+    config = tool.config_from_flags(flag_values)
+    result = training.train(config, dry_run=True)
+    assert result["params"] > 0 and "Total params" in result["summary"]
+    assert not glob.glob(str(tmp_path / "ckpt-*"))  # a dry run writes no checkpoint
+
+
+def test_train_writes_checkpoints_and_summaries_and_resumes_exactly(data_dir, tmp_path):
+    events = []
+    first = training.train(_config(data_dir, tmp_path), progress=events.append)
+    assert first["step"] == 4 and np.isfinite(first["loss"])
+    assert os.path.exists(str(tmp_path / "ckpt-4.index"))
+    assert [v["step"] for v in first["validation"]] == [0, 2, 4]
+    tags = set()
+    for path in glob.glob(str(tmp_path / "train" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    for tag in ("loss/total", "loss/stack0", "loss/stack1", "learning_rate", "perf/images_per_sec",
+                "val/mpjpe_mm_gt_root", "val/mpjpe_voxels", "input_skeletons",
+                "heatmaps_xy/stack1", "heatmaps_xz/stack1"):
+        assert tag in tags, tag
+    # a restart at the same train_steps restores the step and the weights exactly
+    again = training.train(_config(data_dir, tmp_path), progress=events.append)
+    assert again["step"] == 4
+    assert training.weights_digest(again["model"]) == training.weights_digest(first["model"])
+    assert any(e.get("event") == "restored" and e["step"] == 4 for e in events)
+    more = training.train(_config(data_dir, tmp_path, train_steps=6))
+    assert more["step"] == 6 and os.path.exists(str(tmp_path / "ckpt-6.index"))
+    assert training.load_config(str(tmp_path)).train_steps == 6
+
+
+def test_init_checkpoint_restores_matching_layers_by_name(data_dir, tmp_path):
+    source = training.train(_config(data_dir, tmp_path / "src", train_steps=2))
+    events = []
+    # one more stack: stack0/1 layers match by name, the new ones do not
+    target = training.train(_config(data_dir, tmp_path / "dst", depths=(1, 4, 4), train_steps=1,
+                                    init_checkpoint=str(tmp_path / "src"), val_pattern=""),
+                            progress=events.append, dry_run=True)
+    init = next(e for e in events if e.get("event") == "init")
+    assert "stem_conv/kernel" in init["restored"]
+    assert any(p.startswith("s2_") for p in init["not_found"])
+    src = {w.path: w.numpy() for w in source["model"].weights}
+    np.testing.assert_array_equal(target["model"].get_layer("stem_conv").kernel.numpy(),
+                                  src["stem_conv/kernel"])
+    with pytest.raises(ValueError, match="init_checkpoint"):
+        training.restore_by_name(target["model"], str(tmp_path / "nothing"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path, learning_rate=1e30, checkpoint_every=1, train_steps=50,
+                     val_pattern="")
+    with pytest.raises(training.TrainingDivergedError, match=r"at step \d+") as info:
+        training.train(config)
+    latest = tf.train.latest_checkpoint(str(tmp_path))
+    assert latest is not None and latest in str(info.value)
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        if name.startswith("weights_by_name/"):
+            assert np.isfinite(reader.get_tensor(name)).all(), name
+
+
+def test_bad_config_values_raise():
+    with pytest.raises(ValueError, match="strategy"):
+        training.TrainConfig(strategy="tpu")
+    with pytest.raises(ValueError, match="loss_weights"):
+        training.TrainConfig(depths=(1, 64), loss_weights=(1.0,))
+    with pytest.raises(ValueError, match="batch_size"):
+        training.TrainConfig(batch_size=0)
+
+
+def _run_tool(args, env=None, **kw):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    return subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py")] + args, cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kw)
+
+
+def _tool_args(data_dir, model_dir, **kw):
+    values = dict(TINY, model_dir=model_dir, train_pattern=f"{data_dir}/train-*", train_steps=4,
+                  val_pattern="", deterministic=True)
+    values.update(kw)
+    return [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+            for k, v in values.items()]
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(data_dir, tmp_path):
+    proc = _run_tool(_tool_args(data_dir, tmp_path, train_steps=100000, checkpoint_every=100000))
+    deadline = time.time() + 120
+    seen = ""
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if "step" in line and "loss" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    seen += out
+    assert proc.returncode == 0, seen[-2000:]
+    assert "interrupted by SIGTERM" in seen
+    latest = tf.train.latest_checkpoint(str(tmp_path))
+    assert latest is not None
+    step = int(latest.rsplit("-", 1)[1])
+    assert 0 < step < 100000
+
+
+MIRRORED_SCRIPT = """
+import sys, tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+from tf_volpose import training
+config = training.TrainConfig(model_dir=sys.argv[2], train_pattern=sys.argv[1] + "/train-*",
+    strategy="mirrored", features=8, input_size=64, depths=(1, 4), batch_size=4, train_steps=3,
+    checkpoint_every=3, summary_every=1, image_summary_every=0, val_every=0, deterministic=True)
+result = training.train(config)
+import tensorflow as tf
+print("REPLICAS", tf.distribute.MirroredStrategy().num_replicas_in_sync, "STEP", result["step"],
+      "LOSS", result["loss"])
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(data_dir, tmp_path):
+    out = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(data_dir), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [l for l in out.stdout.splitlines() if l.startswith("REPLICAS")][-1]
+    assert line.split()[1] == "2" and line.split()[3] == "3"
+    assert np.isfinite(float(line.split()[5]))
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_mirrored_two_processes_end_identical(data_dir, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(_run_tool(_tool_args(data_dir, tmp_path, strategy="multi_worker",
+                                          train_steps=3, checkpoint_every=3, image_summary_every=0),
+                               env={"TF_CONFIG": tf_config}))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    digests = [[l.split()[-1] for l in out.splitlines() if l.startswith("weights digest")][-1]
+               for out in outputs]
+    assert digests[0] == digests[1]
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")  # written by the chief
+    assert not glob.glob(str(tmp_path / "workertemp_*"))

@@ -1,0 +1,223 @@
+"""Speed measurements behind ``tools/benchmark.py`` (each returns a JSON-ready dict).
+
+* :func:`model_speed`: forward and training img/s, GFLOPs per image counted
+  from the graph, measured matmul peak and the roofline fraction;
+* :func:`loss_speed`: separable vs dense volumetric loss, time and memory;
+* :func:`pipeline_speed`: the training input pipeline on records of large JPEG frames;
+* :func:`serving_speed`: gRPC latency vs the in-process forward pass, and
+  throughput with concurrent clients.
+"""
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import time
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_volpose import losses, training
+from tf_volpose.data import pipeline, records, synthetic
+
+
+def _time(fn, warmup=2, repeats=5):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def matmul_peak(dtype="float32", size=2048, repeats=10):
+    """Measured GFLOP/s of a square matmul on this machine (2 n^3 flops)."""
+    a = tf.random.uniform([size, size], dtype=tf.float32)
+    a = tf.cast(a, dtype)
+
+    @tf.function
+    def run():
+        x = a
+        for _ in range(4):
+            x = tf.matmul(x, a)
+        return tf.reduce_sum(tf.cast(x[:1, :1], tf.float32))
+
+    seconds = _time(lambda: run().numpy(), warmup=2, repeats=repeats)
+    return 4 * 2 * size ** 3 / seconds / 1e9
+
+
+def graph_gflops(model, input_size):
+    """Floating-point operations of one forward pass per image, from the graph (GFLOPs)."""
+    from tensorflow.python.framework.convert_to_constants import \
+        convert_variables_to_constants_v2_as_graph
+    fn = tf.function(lambda x: model(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([1, input_size, input_size, 3], tf.float32))
+    _, graph_def = convert_variables_to_constants_v2_as_graph(concrete)
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        profile = tf.compat.v1.profiler.profile(graph, options=options)
+    return profile.total_float_ops / 1e9
+
+
+def model_speed(config, batch_size=4, precision="fp32", repeats=5):
+    """Forward and training throughput of ``config``'s model at ``batch_size``."""
+    previous = keras.mixed_precision.global_policy().name
+    if precision == "bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = training.build_model(config)
+        optimizer = keras.optimizers.RMSprop(config.learning_rate)
+        images = tf.random.uniform([batch_size, config.input_size, config.input_size, 3])
+        targets = {"joints_voxel": tf.random.uniform([batch_size, config.num_joints, 3]) *
+                   tf.constant([config.xy_res, config.xy_res, config.fine_depth], tf.float32),
+                   "mask": tf.ones([batch_size, config.num_joints])}
+
+        @tf.function
+        def forward():
+            return model(images, training=False)
+
+        @tf.function
+        def train_step():
+            with tf.GradientTape() as tape:
+                outputs = model(images, training=True)
+                loss = tf.reduce_mean(training.compute_loss(config, outputs, targets)[0])
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        forward_s = _time(lambda: tf.nest.map_structure(lambda t: t.numpy(), forward()),
+                          repeats=repeats)
+        train_s = _time(lambda: train_step().numpy(), repeats=repeats)
+        result = {"precision": precision, "batch_size": batch_size, "params": model.count_params(),
+                  "forward_img_per_s": batch_size / forward_s,
+                  "train_img_per_s": batch_size / train_s}
+        if precision == "fp32":
+            result["gflops_per_image"] = graph_gflops(model, config.input_size)
+        return result
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def loss_speed(batch_size=4, joints=17, size=64, depth=64, repeats=5):
+    """Separable vs dense volumetric loss with gradients at one stack of ``depth``."""
+    heatmaps = tf.random.normal([batch_size, size, size, joints * depth], stddev=0.1)
+    voxels = tf.random.uniform([batch_size, joints, 3]) * tf.constant([size, size, depth], tf.float32)
+
+    def timed(loss_fn):
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(heatmaps)
+                loss = loss_fn(heatmaps, voxels, depth)
+            return loss, tape.gradient(loss, heatmaps)
+        return _time(lambda: run()[0].numpy(), repeats=repeats)
+
+    volume_bytes = batch_size * size * size * joints * depth * 4
+    return {"batch_size": batch_size, "joints": joints, "depth": depth,
+            "separable_ms": 1e3 * timed(losses.volumetric_loss),
+            "dense_ms": 1e3 * timed(losses.dense_volumetric_loss),
+            # what crosses the input pipeline per batch: coordinates vs dense target volumes
+            "separable_target_bytes": batch_size * joints * 3 * 4,
+            "dense_target_bytes": volume_bytes}
+
+
+def write_large_frame_records(directory, count=64, size=1000, seed=0):
+    """Records of ``size`` x ``size`` JPEG frames (synthetic people pasted on large frames)."""
+    rng = np.random.default_rng(seed)
+    with records.ShardedWriter(directory, "bench", examples_per_shard=count) as writer:
+        for i in range(count):
+            fields = synthetic.render_sample(synthetic.sample_procedural_pose(rng) + [0, 0, 900],
+                                             rng, render_size=384)
+            frame = np.clip(rng.normal(120, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            person = cv2.imdecode(np.frombuffer(fields["image_encoded"], np.uint8), cv2.IMREAD_COLOR)
+            offset = rng.integers(0, size - 384, 2)
+            frame[offset[1]:offset[1] + 384, offset[0]:offset[0] + 384] = person
+            shift = offset.astype(np.float64)
+            example = records.make_example(
+                cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(), size, size,
+                fields["joints_2d"] + shift, fields["center"] + shift, fields["scale"],
+                fields["f"], fields["c"] + shift, fields["joints_3d"], dataset="bench")
+            writer.write(example)
+    return os.path.join(directory, "bench-*")
+
+
+def pipeline_speed(file_pattern, batch_size=4, input_size=256, batches=100):
+    """Training pipeline (full augmentation) batches of ``batch_size`` per second -> img/s."""
+    ds = pipeline.make_dataset(file_pattern, training=True, batch_size=batch_size,
+                               input_size=input_size, xy_res=input_size // 4)
+    iterator = iter(ds)
+    for _ in range(10):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return {"batch_size": batch_size, "input_size": input_size,
+            "img_per_s": batches * batch_size / (time.perf_counter() - start)}
+
+
+def serving_speed(export_dir, image_bytes, box, requests=50, clients=4, port=None):
+    """p50/p99 latency of one image through gRPC (``serving/server.py``) vs in process."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "serving"))
+    import client as serving_client  # noqa: E402  (serving/ holds scripts)
+    loaded = tf.saved_model.load(export_dir)
+    fn = loaded.signatures["serving_default"]
+    inputs = dict(image_bytes=tf.constant([image_bytes]), box=tf.constant([box], tf.float32))
+    for _ in range(3):
+        fn(**inputs)
+    local = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        fn(**inputs)["joints_3d_mm"].numpy()
+        local.append(time.perf_counter() - start)
+    del loaded, fn
+    import socket
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    base = os.path.dirname(export_dir)
+    server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.dirname(
+        __file__)), "serving", "server.py"), f"--model_base_path={base}", f"--port={port}",
+        f"--max_concurrent={clients}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    try:
+        client = serving_client.GrpcClient(f"127.0.0.1:{port}", retries=10, timeout=120)
+        deadline = time.time() + 120
+        while True:
+            try:
+                client.status()
+                break
+            except serving_client.ServingError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        for _ in range(3):
+            client.predict(image_bytes, box)
+        remote = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            client.predict(image_bytes, box)
+            remote.append(time.perf_counter() - start)
+
+        def one(_):
+            client.predict(image_bytes, box)
+
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            list(pool.map(one, range(requests)))
+        throughput = requests / (time.perf_counter() - start)
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    p = lambda xs, q: 1e3 * float(np.percentile(xs, q))
+    return {"in_process_p50_ms": p(local, 50), "in_process_p99_ms": p(local, 99),
+            "grpc_p50_ms": p(remote, 50), "grpc_p99_ms": p(remote, 99),
+            "grpc_overhead_p50": p(remote, 50) / p(local, 50) - 1.0,
+            "concurrent_clients": clients, "concurrent_img_per_s": throughput}

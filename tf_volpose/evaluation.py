@@ -1,0 +1,329 @@
+"""Predictions over a split -> the paper's metric tables (``metrics.json``, ``report.md``).
+
+The same decode/lift path serves a trained model and the *oracle*: ground-truth
+voxel coordinates rendered as heatmaps (or quantised to voxel centres for
+argmax) show what the grid and root-depth estimation alone cost.
+
+Root depth: ``gt`` uses the ground-truth root depth; ``bone_lengths`` fits the
+depth whose lifted skeleton best matches the mean training bone lengths
+(``bone_lengths.json`` beside the training records, written by
+``tools/bone_lengths.py``).
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_volpose import crop, losses, metrics, skeleton, training, volume
+from tf_volpose.data import pipeline, records
+from tf_volpose.models import volumetric
+
+BONE_LENGTHS_FILE = "bone_lengths.json"
+ORACLES = ("none", "argmax", "local_softargmax", "quadratic")
+HUMANEVA_ACTIONS = ("Walking", "Jogging")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    decode: str = "local_softargmax"
+    flip_test: bool = False
+    root_depth: str = "gt"          # gt | bone_lengths
+    oracle: str = "none"            # none | argmax | local_softargmax
+    bone_lengths: str = ""          # path of bone_lengths.json (default: beside train records)
+    max_examples: int = 0           # 0: the whole split
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if self.decode not in volume.DECODE_METHODS:
+            raise ValueError(f"decode must be one of {volume.DECODE_METHODS}, got {self.decode!r}")
+        if self.root_depth not in ("gt", "bone_lengths"):
+            raise ValueError(f"root_depth must be 'gt' or 'bone_lengths', got {self.root_depth!r}")
+        if self.oracle not in ORACLES:
+            raise ValueError(f"oracle must be one of {ORACLES}, got {self.oracle!r}")
+
+
+# ------------------------------------------------------------ bone lengths
+
+
+def compute_bone_lengths(file_pattern, joint_set=skeleton.H36M17):
+    """Mean bone lengths (mm, ``joint_set.bones`` order) over the records' 3D joints."""
+    poses = []
+    for path in pipeline.list_files(file_pattern):
+        for raw in tf.data.TFRecordDataset(path):
+            joints = records.parse_example(raw)["joints/3d"].numpy()
+            if joints.shape[0] == joint_set.num_joints and np.isfinite(joints).all():
+                poses.append(joints)
+    if not poses:
+        raise ValueError(f"no records with 3D joints match {file_pattern!r}")
+    return volume.mean_bone_lengths(np.stack(poses), joint_set), len(poses)
+
+
+def write_bone_lengths(file_pattern, output=None, joint_set=skeleton.H36M17):
+    """Stores mean training bone lengths as JSON beside the records; returns the path."""
+    lengths, count = compute_bone_lengths(file_pattern, joint_set)
+    output = output or os.path.join(os.path.dirname(pipeline.list_files(file_pattern)[0]),
+                                    BONE_LENGTHS_FILE)
+    with open(output + ".tmp", "w") as f:
+        json.dump({"joint_set": joint_set.name, "bones": joint_set.bones,
+                   "lengths_mm": [float(v) for v in lengths], "poses": count}, f, indent=1)
+    os.replace(output + ".tmp", output)
+    return output
+
+
+def load_bone_lengths(path, joint_set=skeleton.H36M17):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read bone lengths {path!r} (write it with "
+                         f"tools/bone_lengths.py): {e}") from e
+    lengths = np.asarray(data.get("lengths_mm", []), dtype=np.float64)
+    if lengths.shape != (len(joint_set.bones),) or not np.all(lengths > 0):
+        raise ValueError(f"{path}: lengths_mm must hold {len(joint_set.bones)} positive numbers "
+                         f"for {joint_set.name}, got {lengths.tolist()}")
+    return lengths
+
+
+def default_bone_lengths_path(config):
+    files = pipeline.list_files(config.train_pattern)
+    return os.path.join(os.path.dirname(files[0]), BONE_LENGTHS_FILE)
+
+
+# ------------------------------------------------------------ predictions
+
+
+def oracle_heatmaps(joints_voxel, grid, method):
+    """Ground-truth heatmaps on the fine grid (``argmax``: peaks at the voxel centres)."""
+    if method == "argmax":
+        joints_voxel = tf.floor(joints_voxel) + 0.5
+    return losses.render_targets(joints_voxel, grid.xy_res, grid.xy_res, grid.depth,
+                                 fine_depth=grid.depth)
+
+
+def collect_predictions(config, options, model=None, file_pattern=None):
+    """Runs the model (or the oracle) over a split.
+
+    Returns:
+      dict of NumPy arrays: ``pred_voxels``, ``gt_voxels`` (F, J, 3);
+      ``pred_mm``, ``gt_mm`` (F, J, 3) camera frame (NaN rows where there is no
+      3D ground truth); ``pred_px``, ``gt_px`` (F, J, 2); ``mask`` (F, J);
+      ``has_3d`` (F,); ``root_depth_mm`` (F,); ``action``, ``subject`` (F,) str.
+    """
+    joint_set = skeleton.get_joint_set(config.joint_set)
+    grid = config.grid
+    ds = pipeline.make_dataset(file_pattern or config.val_pattern, training=False,
+                               batch_size=options.batch_size, input_size=config.input_size,
+                               xy_res=config.xy_res, depth=config.fine_depth,
+                               z_range_mm=config.z_range_mm, joint_set=config.joint_set)
+    bone_lengths = None
+    if options.root_depth == "bone_lengths":
+        bone_lengths = load_bone_lengths(options.bone_lengths or default_bone_lengths_path(config),
+                                         joint_set)
+
+    @tf.function
+    def run_model(images):
+        if config.model == "regression":
+            return training.predict_voxels(config, model(images, training=False))
+        last = f"stack{len(config.stack_depths) - 1}"
+        if options.flip_test:
+            heatmaps = volumetric.flip_average(lambda x: model(x, training=False)[last], images,
+                                               joint_set)
+        else:
+            heatmaps = model(images, training=False)[last]
+        return volume.decode_heatmaps_tf(heatmaps, joint_set.num_joints, grid.depth,
+                                         options.decode)[0]
+
+    out = {k: [] for k in ("pred_voxels", "gt_voxels", "pred_mm", "gt_mm", "pred_px", "gt_px",
+                           "mask", "has_3d", "root_depth_mm", "action", "subject")}
+    seen = 0
+    for inputs, targets in ds:
+        gt_voxels = targets["joints_voxel"]
+        if options.oracle != "none":
+            heatmaps = oracle_heatmaps(gt_voxels, grid, options.oracle)
+            voxels = volume.decode_heatmaps_tf(heatmaps, joint_set.num_joints, grid.depth,
+                                               options.oracle)[0]
+        else:
+            voxels = run_model(inputs["image"])
+        K = training.intrinsics_batch(targets["focal"], targets["principal"])
+        if bone_lengths is not None:
+            root = volume.estimate_root_depth_tf(voxels, K, targets["center"], targets["scale"],
+                                                 bone_lengths, grid, joint_set)
+        else:
+            root = targets["root_depth"]
+        has_3d = targets["has_3d"].numpy() > 0
+        root = tf.where(has_3d, root, tf.ones_like(root) * 1000.0)  # any positive depth for 2D data
+        lifted = volume.lift_tf(voxels, K, targets["center"], targets["scale"], root, grid).numpy()
+        lifted[~has_3d] = np.nan
+        gt_mm = targets["joints_3d"].numpy().copy()
+        gt_mm[~has_3d] = np.nan
+        out["pred_voxels"].append(voxels.numpy())
+        out["gt_voxels"].append(gt_voxels.numpy())
+        out["pred_mm"].append(lifted)
+        out["gt_mm"].append(gt_mm)
+        out["pred_px"].append(volume.voxels_to_image_tf(voxels[..., :2], targets["center"],
+                                                        targets["scale"], grid.xy_res).numpy())
+        out["gt_px"].append(targets["joints_2d"].numpy())
+        out["mask"].append(targets["mask"].numpy())
+        out["has_3d"].append(has_3d)
+        out["root_depth_mm"].append(root.numpy())
+        out["action"].append(targets["action"].numpy().astype(str))
+        out["subject"].append(targets["subject"].numpy().astype(str))
+        seen += len(has_3d)
+        if options.max_examples and seen >= options.max_examples:
+            break
+    if not seen:
+        raise ValueError(f"no usable records in {file_pattern or config.val_pattern!r}")
+    result = {k: np.concatenate(v) for k, v in out.items()}
+    if options.max_examples:
+        result = {k: v[:options.max_examples] for k, v in result.items()}
+    return result
+
+
+# ------------------------------------------------------------ tables
+
+
+def compute_metrics(predictions, joint_set=skeleton.H36M17):
+    """Metric tables from :func:`collect_predictions` output (pure NumPy).
+
+    Returns a JSON-ready dict: ``mpjpe_mm`` and ``pa_mpjpe_mm`` per action
+    (Table 4/5 layout, Average over all frames), ``humaneva_pa_mpjpe_mm``
+    (Walking/Jogging x subjects, when present), ``pcp3d`` per limb group,
+    ``pckh`` (2D), and debugging errors in voxels and pixels.
+    """
+    p = predictions
+    frames = len(p["has_3d"])
+    result = {"frames": int(frames), "frames_3d": int(p["has_3d"].sum())}
+    voxel_err = np.linalg.norm(p["pred_voxels"] - p["gt_voxels"], axis=-1)
+    pixel_err = np.linalg.norm(p["pred_px"] - p["gt_px"], axis=-1)
+    mask = p["mask"] > 0
+    result["voxel_error"] = float(voxel_err[mask].mean())
+    result["pixel_error"] = float(pixel_err[mask].mean())
+    result["voxel_error_per_joint"] = dict(zip(joint_set.joint_names,
+                                               map(float, _masked_mean(voxel_err, mask))))
+    has_3d = p["has_3d"]
+    if has_3d.any():
+        pred, gt = p["pred_mm"][has_3d], p["gt_mm"][has_3d]
+        actions = p["action"][has_3d]
+        per_frame = metrics.mpjpe(pred, gt, root=joint_set.root)
+        pa = metrics.pa_mpjpe(pred, gt)
+        result["mpjpe_mm"] = metrics.action_table(per_frame, actions)
+        result["pa_mpjpe_mm"] = metrics.action_table(pa, actions)
+        root_err = np.abs(p["root_depth_mm"][has_3d] - gt[:, joint_set.root, 2])
+        result["root_depth_error_mm"] = float(root_err.mean())
+        aligned = pred - pred[:, joint_set.root:joint_set.root + 1] + gt[:, joint_set.root:joint_set.root + 1]
+        result["pcp3d"] = {group: float(metrics.pcp3d(aligned, gt, limbs).mean())
+                           for group, limbs in joint_set.limbs.items()}
+        result["pcp3d"]["all"] = float(metrics.pcp3d(aligned, gt, joint_set.all_limbs).mean())
+        he = _humaneva_table(pa, actions, p["subject"][has_3d])
+        if he:
+            result["humaneva_pa_mpjpe_mm"] = he
+    head = _head_size(p["gt_px"], joint_set)
+    if head is not None:
+        pck = metrics.pckh(p["pred_px"], p["gt_px"], mask, head)
+        result["pckh"] = dict(zip(joint_set.joint_names, (None if np.isnan(v) else float(v)
+                                                          for v in pck)))
+        result["pckh"]["mean"] = float(np.nanmean(pck))
+    return result
+
+
+def _masked_mean(values, mask):
+    counts = mask.sum(0)
+    return np.where(counts > 0, (values * mask).sum(0) / np.maximum(counts, 1), np.nan)
+
+
+def _head_size(joints_2d, joint_set):
+    """Head segment length (neck -> head) per frame; PCKh's normaliser where no head box exists."""
+    names = joint_set.joint_names
+    if "neck" not in names or "head" not in names:
+        return None
+    neck, head = names.index("neck"), names.index("head")
+    size = np.linalg.norm(joints_2d[:, head] - joints_2d[:, neck], axis=-1)
+    return np.where(np.isfinite(size) & (size > 0), size, 1.0)
+
+
+def _humaneva_table(errors, actions, subjects):
+    table = {}
+    canonical = np.array([metrics.canonical_action(a) for a in actions])
+    for action in HUMANEVA_ACTIONS:
+        for subject in ("S1", "S2", "S3"):
+            chosen = (canonical == action) & (subjects == subject)
+            if chosen.any():
+                table.setdefault(action, {})[subject] = float(errors[chosen].mean())
+    return table
+
+
+def report_markdown(result, title):
+    """``report.md`` text for a :func:`compute_metrics` result."""
+    lines = [f"# {title}", "", f"Frames: {result['frames']} ({result['frames_3d']} with 3D).", ""]
+    if "mpjpe_mm" in result:
+        lines += ["## MPJPE (mm), per action (Table 4 layout)", "",
+                  metrics.table_to_markdown({"MPJPE": result["mpjpe_mm"]}), "",
+                  "## PA-MPJPE / reconstruction error (mm) (Table 5)", "",
+                  metrics.table_to_markdown({"PA-MPJPE": result["pa_mpjpe_mm"]}), "",
+                  f"Root depth error: {result['root_depth_error_mm']:.1f} mm", ""]
+        lines += ["## 3D PCP (Table 7)", "", "| limbs | PCP |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in result["pcp3d"].items()] + [""]
+    if "humaneva_pa_mpjpe_mm" in result:
+        lines += ["## HumanEva-I reconstruction error (mm) (Table 6)", "",
+                  "| action | S1 | S2 | S3 |", "|---|---|---|---|"]
+        for action, row in result["humaneva_pa_mpjpe_mm"].items():
+            lines.append(f"| {action} | " + " | ".join(
+                f"{row[s]:.1f}" if s in row else "-" for s in ("S1", "S2", "S3")) + " |")
+        lines.append("")
+    if "pckh" in result:
+        lines += [f"## PCKh@0.5 (2D): {result['pckh']['mean']:.3f}", ""]
+    lines += ["## Debugging units", "", f"- voxel error: {result['voxel_error']:.3f} voxels",
+              f"- pixel error: {result['pixel_error']:.2f} px (original image)", ""]
+    return "\n".join(lines)
+
+
+def write_report(result, output_dir, title):
+    """Writes ``metrics.json`` and ``report.md`` (atomically) and returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = []
+    for name, text in (("metrics.json", json.dumps(result, indent=2)),
+                       ("report.md", report_markdown(result, title))):
+        path = os.path.join(output_dir, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+        paths.append(path)
+    return paths
+
+
+def load_trained_model(config, checkpoint):
+    """Builds the config's model and restores weights from a checkpoint or model dir."""
+    model = training.build_model(config)
+    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
+    if not path:
+        raise ValueError(f"checkpoint {checkpoint!r}: no checkpoint found")
+    ckpt = tf.train.Checkpoint(model=model, weights_by_name={w.path: w for w in model.weights})
+    try:
+        ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.NotFoundError, AssertionError, ValueError) as e:
+        raise ValueError(f"checkpoint {path!r} does not match the model of this config: {e}") from e
+    return model, path
+
+
+def evaluate(config, options, checkpoint=None, output_dir=None, file_pattern=None):
+    """Evaluates a checkpoint (or the oracle) and writes ``metrics.json`` and ``report.md``.
+
+    Returns:
+      ``(result dict, [written paths])``.
+    """
+    model, source = None, f"oracle ({options.oracle})"
+    if options.oracle == "none":
+        if not checkpoint:
+            raise ValueError("checkpoint is required unless oracle is set")
+        model, source = load_trained_model(config, checkpoint)
+    predictions = collect_predictions(config, options, model, file_pattern)
+    result = compute_metrics(predictions, skeleton.get_joint_set(config.joint_set))
+    result["options"] = dataclasses.asdict(options)
+    result["source"] = source
+    if output_dir is None:
+        output_dir = (os.path.dirname(source) if model is not None else config.model_dir)
+    title = f"tf_volpose evaluation: {source}, decode={options.decode}, root depth={options.root_depth}"
+    return result, write_report(result, output_dir, title)

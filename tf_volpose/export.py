@@ -1,0 +1,220 @@
+"""SavedModel export for TF Serving: one request in, the full answer out.
+
+:class:`ServingModule` runs everything inside the graph: decoding the JPEG/PNG
+bytes, cropping the box, the network, sub-voxel decoding, root depth from the
+mean training bone lengths, and lifting to camera-frame millimetres.
+
+Signatures (batch dimension ``None``):
+
+* ``serving_default``: ``image_bytes`` (string ``[None]``), ``box`` (float
+  ``[None, 4]``: x, y, w, h px; the crop is the square of side ``max(w, h)``
+  around the box centre) -> ``joints_3d_mm`` ``[None, J, 3]`` (camera frame,
+  default intrinsics: focal ``max(H, W) / (2 tan(fov / 2))`` with
+  ``fov = DEFAULT_FOV_DEG``, principal point at the image centre),
+  ``joints_2d_px`` ``[None, J, 2]`` (original image), ``joints_voxel``
+  ``[None, J, 3]``, ``confidence`` ``[None, J]`` (heatmap peak), ``root_depth_mm`` ``[None]``.
+* ``with_intrinsics``: the same plus ``focal`` and ``principal_point`` ``[None, 2]`` px.
+* ``heatmaps``: the final volume ``[None, H, W, J*d]`` for debugging (17.8 MB per image
+  at 64^3 x 17: above gRPC's default 4 MB message limit; see ``serving/README.md``).
+
+Bad inputs (undecodable bytes, non-finite or non-positive box, focal or
+principal point) fail with ``InvalidArgumentError``, which TF Serving returns
+as ``INVALID_ARGUMENT``. No ``jit_compile`` (TF Serving cannot run XLA
+functions on GPU).
+
+:func:`export_saved_model` writes ``<export_base>/<version>/`` through a
+temporary sibling renamed at the end, so a server never sees a half-written
+version, and adds warm-up requests in ``assets.extra/tf_serving_warmup_requests``.
+"""
+
+import glob
+import math
+import os
+import shutil
+import uuid
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_volpose import crop, skeleton, training, volume
+
+DEFAULT_FOV_DEG = 50.0
+WARMUP_FILE = "tf_serving_warmup_requests"
+PRECISIONS = ("fp32", "bf16")
+
+
+class ServingModule(tf.Module):
+    """The exported inference graph (also used in memory by ``tools/predict.py``).
+
+    Args:
+      model: the trained Keras model.
+      config: its :class:`training.TrainConfig`.
+      bone_lengths: (J-1,) mean training bone lengths, mm.
+      decode: heatmap decoding (default ``local_softargmax``).
+      fov_deg: field of view of the default intrinsics.
+    """
+
+    def __init__(self, model, config, bone_lengths, decode="local_softargmax",
+                 fov_deg=DEFAULT_FOV_DEG):
+        super().__init__(name="volpose")
+        self.model = model
+        self.config = config
+        self.joint_set = skeleton.get_joint_set(config.joint_set)
+        self.decode = decode
+        self.bone_lengths = tf.constant(np.asarray(bone_lengths, np.float32))
+        self.fov_deg = float(fov_deg)
+        J = self.joint_set.num_joints
+        images = tf.TensorSpec([None], tf.string, name="image_bytes")
+        boxes = tf.TensorSpec([None, 4], tf.float32, name="box")
+        pairs = [tf.TensorSpec([None, 2], tf.float32, name=n) for n in ("focal", "principal_point")]
+        self.serving_default = tf.function(self._default, input_signature=[images, boxes])
+        self.with_intrinsics = tf.function(self._with_intrinsics,
+                                           input_signature=[images, boxes] + pairs)
+        self.heatmaps = tf.function(self._heatmaps, input_signature=[images, boxes])
+        del J
+
+    # -- graph pieces
+
+    def _crops(self, image_bytes, box):
+        """Decodes and crops each image; returns crops, (B, 2) image sizes (W, H), center, scale."""
+        box = tf.cast(box, tf.float32)
+        tf.debugging.assert_all_finite(box, "box must be finite")
+        tf.debugging.assert_positive(box[:, 2:], "box width and height must be positive")
+        tf.debugging.assert_equal(tf.shape(image_bytes)[0], tf.shape(box)[0],
+                                  "image_bytes and box must have the same batch size")
+        center, scale = crop.box_from_xywh_tf(box)
+        size = self.config.input_size
+
+        def one(args):
+            data, c, s = args
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            hw = tf.cast(tf.shape(image)[:2], tf.float32)
+            image = tf.image.convert_image_dtype(image, tf.float32)
+            A = crop.crop_transform_tf(c, s, size)
+            return crop.warp_image_tf(image, A, size), tf.stack([hw[1], hw[0]])
+
+        crops, sizes = tf.map_fn(one, (image_bytes, center, scale),
+                                 fn_output_signature=(tf.TensorSpec([size, size, 3], tf.float32),
+                                                      tf.TensorSpec([2], tf.float32)))
+        return crops, sizes, center, scale
+
+    def _volume(self, crops):
+        outputs = self.model(crops, training=False)
+        return tf.cast(outputs[f"stack{len(outputs) - 1}"], tf.float32)
+
+    def _answer(self, heatmaps, center, scale, focal, principal):
+        grid = self.config.grid
+        voxels, confidence = volume.decode_heatmaps_tf(heatmaps, self.joint_set.num_joints,
+                                                       grid.depth, self.decode)
+        K = training.intrinsics_batch(focal, principal)
+        root = volume.estimate_root_depth_tf(voxels, K, center, scale, self.bone_lengths, grid,
+                                             self.joint_set)
+        joints_3d = volume.lift_tf(voxels, K, center, scale, root, grid)
+        joints_2d = volume.voxels_to_image_tf(voxels[..., :2], center, scale, grid.xy_res)
+        return {"joints_3d_mm": joints_3d, "joints_2d_px": joints_2d, "joints_voxel": voxels,
+                "confidence": confidence, "root_depth_mm": root}
+
+    def default_intrinsics(self, sizes):
+        """(B, 2) image sizes (W, H) -> default ``focal`` and ``principal_point``."""
+        f = tf.reduce_max(sizes, axis=-1) / (2.0 * math.tan(math.radians(self.fov_deg) / 2.0))
+        return tf.stack([f, f], axis=-1), sizes / 2.0
+
+    # -- signatures
+
+    def _default(self, image_bytes, box):
+        crops, sizes, center, scale = self._crops(image_bytes, box)
+        focal, principal = self.default_intrinsics(sizes)
+        return self._answer(self._volume(crops), center, scale, focal, principal)
+
+    def _with_intrinsics(self, image_bytes, box, focal, principal_point):
+        tf.debugging.assert_all_finite(focal, "focal must be finite")
+        tf.debugging.assert_positive(focal, "focal must be positive")
+        tf.debugging.assert_all_finite(principal_point, "principal_point must be finite")
+        crops, _, center, scale = self._crops(image_bytes, box)
+        return self._answer(self._volume(crops), center, scale, focal, principal_point)
+
+    def _heatmaps(self, image_bytes, box):
+        crops, _, _, _ = self._crops(image_bytes, box)
+        return {"heatmaps": self._volume(crops)}
+
+
+def next_version(export_base):
+    versions = [int(os.path.basename(p)) for p in glob.glob(os.path.join(export_base, "*"))
+                if os.path.basename(p).isdigit()]
+    return max(versions, default=0) + 1
+
+
+def warmup_image(size=64):
+    """A small synthetic JPEG (warm-up requests, benchmarks)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    image = np.stack([xx * 4 % 256, yy * 4 % 256, (xx + yy) * 2 % 256], -1).astype(np.uint8)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def write_warmup_requests(path, model_name="volpose", count=2):
+    """TF Serving warm-up file: ``count`` PredictionLogs of one small JPEG each."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = warmup_image()
+    with tf.io.TFRecordWriter(path) as writer:
+        for _ in range(count):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+            request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image]))
+            request.inputs["box"].CopyFrom(tf.make_tensor_proto([[0.0, 0.0, 64.0, 64.0]],
+                                                                dtype=tf.float32))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def build_for_precision(model, config, precision):
+    """The model itself for fp32; for bf16 the same weights in a ``mixed_bfloat16`` model."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return model
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        low = training.build_model(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    low.set_weights(model.get_weights())
+    return low
+
+
+def export_saved_model(model, config, export_base, bone_lengths, version=None, precision="fp32",
+                       decode="local_softargmax", fov_deg=DEFAULT_FOV_DEG, model_name="volpose"):
+    """Writes ``export_base/<version>/`` atomically; returns its path.
+
+    Args:
+      version: numeric version; default one more than the highest existing.
+      precision: ``fp32`` or ``bf16`` (weights stay float32, compute in bfloat16).
+    """
+    os.makedirs(export_base, exist_ok=True)
+    for stale in glob.glob(os.path.join(export_base, ".tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed export
+    version = next_version(export_base) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    final = os.path.join(export_base, str(version))
+    if os.path.exists(final):
+        raise ValueError(f"export version {final} already exists; choose another --version")
+    module = ServingModule(build_for_precision(model, config, precision), config, bone_lengths,
+                           decode, fov_deg)
+    tmp = os.path.join(export_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    try:
+        tf.saved_model.save(module, tmp, signatures={
+            "serving_default": module.serving_default,
+            "with_intrinsics": module.with_intrinsics,
+            "heatmaps": module.heatmaps,
+        })
+        write_warmup_requests(os.path.join(tmp, "assets.extra", WARMUP_FILE), model_name)
+        os.rename(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

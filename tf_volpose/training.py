@@ -1,0 +1,600 @@
+"""One training loop for every model of the paper, under any ``tf.distribute`` strategy.
+
+A custom loop (``strategy.run``, ``distribute_datasets_from_function``,
+``tf.nn.compute_average_loss``) rather than ``Model.fit``, because ``fit``
+fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585). The
+same code runs under the default strategy (CPU or one GPU), ``mirrored`` (all
+local GPUs) and ``multi_worker`` (cluster from ``TF_CONFIG``). Only the chief
+writes checkpoints and summaries.
+
+Checkpoints (``tf.train.CheckpointManager``) hold the step, the weights (also
+keyed by layer path, so ``init_checkpoint`` can restore by name into another
+architecture) and the optimizer; the input position follows from the step and
+the seed, so a resumed run continues the same data stream. A checkpoint is
+written every ``checkpoint_every`` steps and on SIGTERM/SIGINT; TF writes it
+under a temporary name and renames it, so a SIGKILL loses at most one
+interval and never leaves one that fails to restore.
+"""
+
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from typing import Callable, Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_volpose import losses, skeleton, visualize, volume
+from tf_volpose.data import augment, pipeline, synthetic
+from tf_volpose.models import decoupled, regression, volumetric
+
+MODELS = ("volumetric", "regression", "decoupled")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+def _field(default, help_text):
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; ``tools/train.py`` makes one flag per field."""
+
+    model_dir: str = _field("runs/default", "Checkpoints and TensorBoard events; resumes if present.")
+    train_pattern: str = _field("", "Glob of training records.")
+    val_pattern: str = _field("", "Glob of validation records (empty: no validation).")
+    model: str = _field("volumetric", f"One of {MODELS}.")
+    backbone: str = _field("hg", "hg (Newell) or hg-stacked (the authors' c2f design).")
+    depths: Tuple[int, ...] = _field((1, 2, 4, 64), "Depth resolution per stack (decoupled: of network B).")
+    decoupled_2d_stacks: int = _field(2, "Decoupled model: stacks of the image -> 2D network A.")
+    features: int = _field(256, "Hourglass width.")
+    joint_set: str = _field("h36m17", "Joint set of the records.")
+    input_size: int = _field(256, "Input crop side, px (heatmaps are input_size/4).")
+    hourglass_depth: int = _field(4, "Poolings per hourglass.")
+    z_range_mm: float = _field(1000.0, "Depth range +- around the root, mm.")
+    sigma: float = _field(2.0, "Target Gaussian sigma, voxels.")
+    loss_weights: Tuple[float, ...] = _field((), "Per-stack loss weights (default equal).")
+    batch_size: int = _field(4, "Global batch size.")
+    learning_rate: float = _field(2.5e-4, "RMSprop learning rate.")
+    lr_schedule: str = _field("constant", f"One of {SCHEDULES}.")
+    lr_decay_steps: Tuple[int, ...] = _field((), "Boundaries of the step schedule.")
+    lr_decay_factor: float = _field(0.1, "Factor per boundary of the step schedule.")
+    train_steps: int = _field(100000, "Total training steps.")
+    checkpoint_every: int = _field(1000, "Steps between checkpoints.")
+    keep_checkpoints: int = _field(3, "Checkpoints kept.")
+    summary_every: int = _field(50, "Steps between scalar summaries.")
+    image_summary_every: int = _field(500, "Steps between image summaries (0: never).")
+    val_every: int = _field(1000, "Steps between validation runs (0: only at the end).")
+    val_examples: int = _field(64, "Validation records used each time.")
+    decode: str = _field("local_softargmax", f"Heatmap decoding for validation: {volume.DECODE_METHODS}.")
+    mixed_precision: str = _field("none", f"One of {PRECISIONS}.")
+    strategy: str = _field("default", f"One of {STRATEGIES}.")
+    init_checkpoint: str = _field("", "Checkpoint (or model dir) to initialise matching weights from.")
+    seed: int = _field(0, "Seed of the data order and augmentation.")
+    deterministic: bool = _field(False, "Deterministic input order (slower).")
+    augment: bool = _field(True, "Apply the paper's augmentation.")
+    synthetic_dir: str = _field("", "If set and train_pattern matches nothing, render synthetic data here.")
+    synthetic_train: int = _field(0, "Synthetic training records to render.")
+    synthetic_val: int = _field(0, "Synthetic validation records to render.")
+
+    def __post_init__(self):
+        def check(ok, name, value, expected):
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+        check(self.model in MODELS, "model", self.model, f"one of {MODELS}")
+        check(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {STRATEGIES}")
+        check(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision,
+              f"one of {PRECISIONS}")
+        check(self.lr_schedule in SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {SCHEDULES}")
+        check(self.decode in volume.DECODE_METHODS, "decode", self.decode,
+              f"one of {volume.DECODE_METHODS}")
+        check(len(self.depths) > 0 and min(self.depths) >= 1, "depths", self.depths,
+              "a non-empty list of positive integers")
+        for name in ("batch_size", "train_steps", "checkpoint_every", "summary_every", "features",
+                     "input_size"):
+            check(getattr(self, name) > 0, name, getattr(self, name), "positive")
+        check(self.learning_rate > 0, "learning_rate", self.learning_rate, "positive")
+        check(not self.loss_weights or len(self.loss_weights) == len(self.stack_depths),
+              "loss_weights", self.loss_weights, f"{len(self.stack_depths)} numbers (one per stack)")
+        skeleton.get_joint_set(self.joint_set)
+
+    @property
+    def stack_depths(self):
+        """Depth resolution of every output stack, in output order."""
+        if self.model == "decoupled":
+            return (1,) * self.decoupled_2d_stacks + tuple(self.depths)
+        if self.model == "regression":
+            return ()
+        return tuple(self.depths)
+
+    @property
+    def fine_depth(self):
+        return max(self.depths)
+
+    @property
+    def xy_res(self):
+        return self.input_size // 4
+
+    @property
+    def grid(self):
+        return volume.VoxelGrid(self.xy_res, self.fine_depth, self.z_range_mm)
+
+    @property
+    def num_joints(self):
+        return skeleton.get_joint_set(self.joint_set).num_joints
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------ building
+
+
+def build_model(config):
+    """The Keras model a config describes."""
+    joints = config.num_joints
+    if config.model == "volumetric":
+        return volumetric.build_volumetric_model(config.depths, joints, config.backbone,
+                                                 config.features, config.input_size,
+                                                 config.hourglass_depth)
+    if config.model == "regression":
+        return regression.build_regression_model(joints, config.backbone, config.features,
+                                                 config.input_size, 1, config.hourglass_depth)
+    net_a = decoupled.build_2d_network(joints, config.decoupled_2d_stacks, config.backbone,
+                                       config.features, config.input_size, config.hourglass_depth)
+    net_b = decoupled.build_lifting_network(joints, config.depths, config.backbone,
+                                            config.features, config.xy_res, config.hourglass_depth)
+    return decoupled.build_decoupled_model(net_a, net_b)
+
+
+def stack_outputs(outputs):
+    """Model output dict -> list of per-stack heatmaps in stack order."""
+    return [outputs[f"stack{i}"] for i in range(len(outputs))]
+
+
+def compute_loss(config, outputs, targets):
+    """Per-example total loss ``(B,)`` and per-stack per-example losses."""
+    mask = targets["mask"]
+    if config.model == "regression":
+        loss = losses.coordinate_loss(outputs["coords"], targets["joints_voxel"], config.xy_res,
+                                      config.fine_depth, mask=mask, per_example=True)
+        return loss, [loss]
+    return losses.multi_stage_loss(stack_outputs(outputs), targets["joints_voxel"],
+                                   config.stack_depths, config.loss_weights or None, config.sigma,
+                                   config.fine_depth, mask=mask, per_example=True)
+
+
+def predict_voxels(config, outputs, method=None):
+    """Model outputs -> ``(B, J, 3)`` fine-grid voxel coordinates of the last stack."""
+    if config.model == "regression":
+        scale = tf.constant([config.xy_res, config.xy_res, config.fine_depth], tf.float32)
+        return (tf.cast(outputs["coords"], tf.float32) + 0.5) * scale
+    last = stack_outputs(outputs)[-1]
+    voxels, _ = volume.decode_heatmaps_tf(last, config.num_joints, config.fine_depth,
+                                          method or config.decode)
+    return voxels
+
+
+def intrinsics_batch(focal, principal):
+    """``(B, 2)`` focal lengths and principal points -> ``(B, 3, 3)`` K."""
+    focal = tf.cast(focal, tf.float32)
+    principal = tf.cast(principal, tf.float32)
+    zeros = tf.zeros_like(focal[:, 0])
+    ones = tf.ones_like(zeros)
+    return tf.stack([tf.stack([focal[:, 0], zeros, principal[:, 0]], -1),
+                     tf.stack([zeros, focal[:, 1], principal[:, 1]], -1),
+                     tf.stack([zeros, zeros, ones], -1)], axis=1)
+
+
+def make_strategy(name):
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _task(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return None, 0
+    return resolver.task_type, resolver.task_id
+
+
+def is_chief(strategy):
+    task_type, task_id = _task(strategy)
+    if task_type is None:
+        return True
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
+
+
+def make_optimizer(config):
+    lr = config.learning_rate
+    if config.lr_schedule == "step":
+        values = [lr * config.lr_decay_factor ** i for i in range(len(config.lr_decay_steps) + 1)]
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(list(config.lr_decay_steps), values)
+    elif config.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, config.train_steps)
+    optimizer = keras.optimizers.RMSprop(learning_rate=lr)
+    if config.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _escape(name):
+    # tf.train.Checkpoint's escaping of dict keys in checkpoint names
+    return name.replace(".", "..").replace("/", ".S")
+
+
+def restore_by_name(model, path):
+    """Initialises ``model`` weights from a tf_volpose checkpoint, matching layer paths.
+
+    Returns:
+      ``(restored, not_found)``: lists of weight paths.
+    """
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"init_checkpoint {path!r}: no checkpoint in this directory")
+        path = latest
+    try:
+        reader = tf.train.load_checkpoint(path)
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
+        raise ValueError(f"init_checkpoint {path!r} cannot be read: {e}") from e
+    shapes = reader.get_variable_to_shape_map()
+    restored, not_found = [], []
+    for weight in model.weights:
+        key = f"weights_by_name/{_escape(weight.path)}/.ATTRIBUTES/VARIABLE_VALUE"
+        if key in shapes and tuple(shapes[key]) == tuple(weight.shape):
+            weight.assign(reader.get_tensor(key))
+            restored.append(weight.path)
+        else:
+            not_found.append(weight.path)
+    return restored, not_found
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def image_summaries(config, images, outputs, targets, max_images=3):
+    """Input crops with predicted (filled) and ground-truth (hollow) 2D skeletons, and per
+    stack the heatmap max-projections (xy, xz); returns name -> ``(N, H, W, 3)`` uint8."""
+    joint_set = skeleton.get_joint_set(config.joint_set)
+    n = min(max_images, images.shape[0])
+    to_px = config.input_size / config.xy_res
+    pred = predict_voxels(config, outputs).numpy()[:n, :, :2] * to_px
+    gt = targets["joints_voxel"].numpy()[:n, :, :2] * to_px
+    crops = []
+    for i in range(n):
+        image = visualize.draw_skeleton_2d(images[i].numpy(), gt[i], joint_set, thickness=1,
+                                           dashed=True)
+        crops.append(visualize.draw_skeleton_2d(image, pred[i], joint_set))
+    result = {"input_skeletons": np.stack(crops)}
+    if config.model != "regression":
+        for s, heatmaps in enumerate(stack_outputs(outputs)):
+            xy, xz = zip(*(visualize.heatmap_projections(heatmaps[i].numpy(), config.num_joints)
+                           for i in range(n)))
+            result[f"heatmaps_xy/stack{s}"] = np.stack(xy)
+            result[f"heatmaps_xz/stack{s}"] = np.stack(xz)
+    return result
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checkpoints and returns at the next step."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _ensure_data(config, report):
+    try:
+        pipeline.list_files(config.train_pattern)
+        return
+    except ValueError:
+        if not config.synthetic_dir:
+            raise
+    report({"event": "data", "message": f"rendering {config.synthetic_train} + "
+            f"{config.synthetic_val} synthetic records into {config.synthetic_dir}"})
+    counts = synthetic.generate(config.synthetic_dir, config.synthetic_train,
+                                config.synthetic_val, seed=config.seed)
+    report({"event": "data", "message": f"wrote {counts} records"})
+
+
+def train(config: TrainConfig, dry_run: bool = False,
+          progress: Optional[Callable[[dict], None]] = None):
+    """Trains (or resumes) the model of ``config``.
+
+    Args:
+      config: a :class:`TrainConfig`.
+      dry_run: build the data pipeline and the model, then return without training.
+      progress: optional callable receiving a dict per step (``step``, ``loss``,
+        ``images_per_sec``, ``eta_sec``, ``learning_rate``) and per event
+        (``event`` in ``data``, ``restored``, ``init``, ``validation``,
+        ``checkpoint``, ``interrupted``).
+
+    Returns:
+      dict with ``model`` (the Keras model), ``params``, ``summary`` (text),
+      ``step``, ``loss``, ``validation`` (list of per-run dicts), ``checkpoint``,
+      ``interrupted`` (signal name or None).
+
+    Raises:
+      TrainingDivergedError: the loss became NaN/Inf; the last good checkpoint is kept.
+    """
+    report = progress or (lambda info: None)
+    previous_policy = keras.mixed_precision.global_policy().name
+    if config.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(config.mixed_precision)
+    try:
+        return _train(config, dry_run, report)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(config, dry_run, report):
+    strategy = make_strategy(config.strategy)
+    chief = is_chief(strategy)
+    if chief:
+        _ensure_data(config, report)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
+                         f"{replicas} replicas in sync")
+    per_replica = config.batch_size // replicas
+
+    with strategy.scope():
+        model = build_model(config)
+        optimizer = make_optimizer(config)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        checkpoint = tf.train.Checkpoint(
+            step=step, model=model, optimizer=optimizer,
+            weights_by_name={w.path: w for w in model.weights})
+
+    summary_lines = []
+    model.summary(print_fn=lambda line, *a, **k: summary_lines.append(line))
+    result = {"model": model, "params": model.count_params(), "summary": "\n".join(summary_lines),
+              "step": 0, "loss": None, "validation": [], "checkpoint": None, "interrupted": None}
+
+    task_type, task_id = _task(strategy)
+    directory = config.model_dir if chief else os.path.join(config.model_dir,
+                                                            f"workertemp_{task_id}")
+    manager = tf.train.CheckpointManager(checkpoint, directory, config.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        report({"event": "restored", "checkpoint": manager.latest_checkpoint,
+                "step": int(step.numpy())})
+    elif config.init_checkpoint:
+        restored, not_found = restore_by_name(model, config.init_checkpoint)
+        report({"event": "init", "restored": restored, "not_found": not_found})
+
+    augmentation = augment.AugmentOptions() if config.augment else augment.NO_AUGMENTATION
+    data_options = dict(input_size=config.input_size, xy_res=config.xy_res,
+                        depth=config.fine_depth, z_range_mm=config.z_range_mm,
+                        joint_set=config.joint_set, seed=config.seed,
+                        deterministic=config.deterministic, augmentation=augmentation)
+    start_step = int(step.numpy())
+
+    def dataset_fn(context):
+        batch = context.get_per_replica_batch_size(config.batch_size)
+        pipelines = context.num_input_pipelines
+        return pipeline.make_dataset(
+            config.train_pattern, training=True, batch_size=batch,
+            num_shards=pipelines, shard_index=context.input_pipeline_id,
+            skip=start_step * config.batch_size // pipelines, **data_options)
+
+    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    val_batches = []
+    if config.val_pattern and chief:
+        val = pipeline.make_dataset(config.val_pattern, training=False,
+                                    batch_size=min(per_replica * 4, config.val_examples),
+                                    **data_options)
+        taken = 0
+        for inputs, targets in val:
+            keep = min(int(inputs["image"].shape[0]), config.val_examples - taken)
+            val_batches.append(({k: v[:keep] for k, v in inputs.items()},
+                                {k: v[:keep] for k, v in targets.items()}))
+            taken += keep
+            if taken >= config.val_examples:
+                break
+    if dry_run:
+        return result
+
+    @tf.function
+    def train_step(iterator):
+        def step_fn(inputs, targets):
+            with tf.GradientTape() as tape:
+                outputs = model(inputs["image"], training=True)
+                per_example, per_stack = compute_loss(config, outputs, targets)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+                scaled = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            stack_losses = [tf.nn.compute_average_loss(l, global_batch_size=config.batch_size)
+                            for l in per_stack]
+            return loss, stack_losses
+
+        inputs, targets = next(iterator)
+        loss, stack_losses = strategy.run(step_fn, args=(inputs, targets))
+        reduce = lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
+        return reduce(loss), [reduce(l) for l in stack_losses]
+
+    @tf.function
+    def predict(images):
+        return model(images, training=False)
+
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if chief \
+        else tf.summary.create_noop_writer()
+    if chief and start_step == 0:
+        _write_hparams(writer, config)
+
+    def validate(at_step):
+        if not val_batches:
+            return None
+        voxel_err, mm_err, count_3d = [], [], 0
+        for inputs, targets in val_batches:
+            voxels = predict_voxels(config, predict(inputs["image"]))
+            gt = targets["joints_voxel"]
+            voxel_err.append(tf.reduce_mean(tf.norm(voxels - gt, axis=-1), axis=-1).numpy())
+            has_3d = targets["has_3d"].numpy() > 0
+            if has_3d.any():
+                K = intrinsics_batch(targets["focal"], targets["principal"])
+                lifted = volume.lift_tf(voxels, K, targets["center"], targets["scale"],
+                                        targets["root_depth"], config.grid)
+                pred = lifted - lifted[:, :1]
+                true = targets["joints_3d"] - targets["joints_3d"][:, :1]
+                err = tf.reduce_mean(tf.norm(pred - true, axis=-1), axis=-1).numpy()
+                mm_err.append(err[has_3d])
+                count_3d += int(has_3d.sum())
+        entry = {"step": at_step, "mpjpe_voxels": float(np.concatenate(voxel_err).mean()),
+                 "mpjpe_mm": float(np.concatenate(mm_err).mean()) if mm_err else None,
+                 "examples": int(sum(len(v) for v in voxel_err))}
+        with writer.as_default(step=at_step):
+            tf.summary.scalar("val/mpjpe_voxels", entry["mpjpe_voxels"])
+            if entry["mpjpe_mm"] is not None:
+                tf.summary.scalar("val/mpjpe_mm_gt_root", entry["mpjpe_mm"])
+            if config.image_summary_every:
+                inputs, targets = val_batches[0]
+                for name, images in image_summaries(config, inputs["image"],
+                                                    predict(inputs["image"]), targets).items():
+                    tf.summary.image(name, images, max_outputs=images.shape[0])
+        result["validation"].append(entry)
+        report({"event": "validation", **entry})
+        return entry
+
+    if chief and start_step == 0:
+        validate(0)  # the untrained baseline, so the curve shows the fall
+    iterator = iter(dataset)
+    last_loss = None
+    with _StopFlag() as stop:
+        window_start, window_step = time.time(), start_step
+        while int(step.numpy()) < config.train_steps:
+            loss, stack_losses = train_step(iterator)
+            loss_value = float(loss)
+            current = int(step.numpy()) + 1
+            if not math.isfinite(loss_value):
+                raise TrainingDivergedError(
+                    f"loss is {loss_value} at step {current}; stopped without saving. The last "
+                    f"good checkpoint is {manager.latest_checkpoint or '(none yet)'} in "
+                    f"{directory}")
+            step.assign(current)
+            last_loss = loss_value
+            now = time.time()
+            rate = (current - window_step) / max(now - window_start, 1e-9)
+            report({"step": current, "loss": loss_value, "images_per_sec": rate * config.batch_size,
+                    "eta_sec": (config.train_steps - current) / max(rate, 1e-9),
+                    "learning_rate": float(_current_lr(optimizer))})
+            if current % config.summary_every == 0:
+                with writer.as_default(step=current):
+                    tf.summary.scalar("loss/total", loss_value)
+                    for i, value in enumerate(stack_losses):
+                        tf.summary.scalar(f"loss/stack{i}", float(value))
+                    tf.summary.scalar("learning_rate", float(_current_lr(optimizer)))
+                    tf.summary.scalar("perf/steps_per_sec", rate)
+                    tf.summary.scalar("perf/images_per_sec", rate * config.batch_size)
+                window_start, window_step = now, current
+            if config.image_summary_every and current % config.image_summary_every == 0 and chief \
+                    and val_batches and not (config.val_every and current % config.val_every == 0):
+                inputs, targets = val_batches[0]
+                with writer.as_default(step=current):
+                    for name, images in image_summaries(config, inputs["image"],
+                                                        predict(inputs["image"]), targets).items():
+                        tf.summary.image(name, images, max_outputs=images.shape[0])
+            if current % config.checkpoint_every == 0:
+                result["checkpoint"] = manager.save(checkpoint_number=current)
+                report({"event": "checkpoint", "path": result["checkpoint"], "step": current})
+            if chief and config.val_every and current % config.val_every == 0 \
+                    and current < config.train_steps:
+                validate(current)
+            if stop.signal:
+                result["interrupted"] = stop.signal
+                break
+    final = int(step.numpy())
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{final}"):
+        result["checkpoint"] = manager.save(checkpoint_number=final)
+        report({"event": "checkpoint", "path": result["checkpoint"], "step": final})
+    else:
+        result["checkpoint"] = manager.latest_checkpoint
+    if result["interrupted"]:
+        report({"event": "interrupted", "signal": result["interrupted"], "step": final})
+    elif chief and final > start_step:
+        validate(final)
+    writer.flush()
+    if not chief:
+        shutil.rmtree(directory, ignore_errors=True)
+    result.update(step=final, loss=last_loss)
+    if chief:
+        with tf.io.gfile.GFile(os.path.join(config.model_dir, "config.json"), "w") as f:
+            f.write(config.to_json())
+    return result
+
+
+def weights_digest(model):
+    """SHA-256 of all weights' bytes: equal digests mean identical weights."""
+    import hashlib
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _current_lr(optimizer):
+    lr = optimizer.learning_rate
+    return lr.numpy() if hasattr(lr, "numpy") else lr
+
+
+def _write_hparams(writer, config):
+    from tensorboard.plugins.hparams import api as hp
+    values = {}
+    for key, value in dataclasses.asdict(config).items():
+        if isinstance(value, (bool, int, float, str)):
+            values[key] = value
+        elif isinstance(value, (tuple, list)):
+            values[key] = ",".join(str(v) for v in value)
+    with writer.as_default():
+        hp.hparams(values)
+
+
+def load_config(model_dir):
+    """The :class:`TrainConfig` a run saved in ``model_dir/config.json``."""
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read the training config {path}: {e}") from e
+    for key in ("depths", "loss_weights", "lr_decay_steps"):
+        values[key] = tuple(values.get(key, ()))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,134 @@
+"""Drawing shared by the TensorBoard summaries and the demo (NumPy/OpenCV, RGB uint8).
+
+Colours (the paper's Figure 4): left joints/limbs red, right green, centre blue.
+"""
+
+import cv2
+import numpy as np
+
+from tf_volpose import camera, skeleton
+
+LEFT_RGB = (230, 40, 40)
+RIGHT_RGB = (40, 200, 40)
+CENTER_RGB = (60, 120, 255)
+
+
+def limb_color(joint_set, a, b):
+    sides = {joint_set.side(a), joint_set.side(b)}
+    if "left" in sides:
+        return LEFT_RGB
+    if "right" in sides:
+        return RIGHT_RGB
+    return CENTER_RGB
+
+
+def to_uint8(image):
+    """Float [0, 1] or uint8 ``(H, W, 3)`` -> contiguous uint8 copy."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(image.copy())
+
+
+def draw_skeleton_2d(image, joints_2d, joint_set=skeleton.H36M17, thickness=2, radius=3,
+                     dashed=False):
+    """Draws bones (``(child, parent)``) and joints onto a copy of ``image``.
+
+    Args:
+      image: ``(H, W, 3)`` RGB, float [0, 1] or uint8.
+      joints_2d: ``(J, 2)`` px; non-finite joints are skipped.
+      dashed: draw joints as hollow circles (e.g. ground truth next to predictions).
+    """
+    out = to_uint8(image)
+    pts = np.asarray(joints_2d, dtype=np.float64)
+    for child, parent in joint_set.bones:
+        if np.isfinite(pts[[child, parent]]).all():
+            p = tuple(int(round(v)) for v in pts[child])
+            q = tuple(int(round(v)) for v in pts[parent])
+            cv2.line(out, p, q, limb_color(joint_set, child, parent), thickness, cv2.LINE_AA)
+    for j, p in enumerate(pts):
+        if np.isfinite(p).all():
+            color = limb_color(joint_set, j, j)
+            center = tuple(int(round(v)) for v in p)
+            cv2.circle(out, center, radius, color, 1 if dashed else -1, cv2.LINE_AA)
+    return out
+
+
+def colorize(values, size=None):
+    """``(H, W)`` values -> ``(H, W, 3)`` RGB uint8 with a jet colour map (min-max scaled)."""
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = values.min(), values.max()
+    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    image = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    if size is not None:
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return np.ascontiguousarray(image)
+
+
+def heatmap_projections(heatmaps, joints):
+    """Max-projections of one ``(H, W, J*d)`` volume over joints.
+
+    Returns:
+      ``(xy, xz)`` colour images: ``xy`` ``(H, W, 3)`` (max over joints and z),
+      ``xz`` ``(H, W, 3)`` (max over joints and y; z runs down, stretched to H rows).
+    """
+    heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    h, w, c = heatmaps.shape
+    volume = heatmaps.reshape(h, w, joints, c // joints)
+    xy = volume.max(axis=(2, 3))
+    xz = volume.max(axis=(0, 2)).T  # (d, W)
+    return colorize(xy), colorize(xz, size=(h, w))
+
+
+def render_skeleton_3d(joints_3d, joint_set=skeleton.H36M17, size=256, azimuth_deg=0.0,
+                       elevation_deg=0.0, background=(255, 255, 255)):
+    """The 3D skeleton seen from a virtual orthographic camera, as an RGB image.
+
+    ``joints_3d`` is ``(J, 3)`` camera-frame mm (x right, y down, z forward);
+    the view rotates about the root by ``azimuth_deg`` (about the vertical
+    y axis) and ``elevation_deg``. The skeleton is centred and scaled to fit.
+    """
+    joints = np.asarray(joints_3d, dtype=np.float64)
+    joints = joints - joints[joint_set.root]
+    view = (camera.rotation_matrix([1, 0, 0], np.deg2rad(elevation_deg))
+            @ camera.rotation_matrix([0, 1, 0], np.deg2rad(azimuth_deg)))
+    rotated = joints @ view.T
+    extent = max(np.abs(rotated[:, :2]).max(), 1.0)
+    uv = rotated[:, :2] / extent * (0.42 * size) + size / 2.0
+    canvas = np.empty((size, size, 3), np.uint8)
+    canvas[:] = background
+    # far bones first, so nearer ones are drawn over them
+    order = sorted(joint_set.bones, key=lambda b: -(rotated[b[0], 2] + rotated[b[1], 2]))
+    for child, parent in order:
+        p = tuple(int(round(v)) for v in uv[child])
+        q = tuple(int(round(v)) for v in uv[parent])
+        cv2.line(canvas, p, q, limb_color(joint_set, child, parent), 3, cv2.LINE_AA)
+    for j, p in enumerate(uv):
+        cv2.circle(canvas, tuple(int(round(v)) for v in p), 4, limb_color(joint_set, j, j), -1,
+                   cv2.LINE_AA)
+    return canvas
+
+
+def pose_figure(image, joints_2d, joints_3d, joint_set=skeleton.H36M17, height=400,
+                novel_view=(60.0, 20.0)):
+    """The paper's Figure 4 layout: the image with the 2D skeleton, the 3D skeleton seen
+    from the camera, and from a novel viewpoint ``(azimuth_deg, elevation_deg)``.
+
+    Args:
+      image: ``(H, W, 3)`` RGB. joints_2d: ``(J, 2)`` px in ``image``.
+      joints_3d: ``(J, 3)`` camera-frame mm.
+
+    Returns:
+      ``(height, ., 3)`` RGB uint8.
+    """
+    image = to_uint8(image)
+    zoom = height / image.shape[0]
+    resized = cv2.resize(image, (max(int(round(image.shape[1] * zoom)), 1), height),
+                         interpolation=cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR)
+    thickness = max(2, height // 150)
+    panel_2d = draw_skeleton_2d(resized, np.asarray(joints_2d) * zoom, joint_set, thickness,
+                                radius=thickness + 1)
+    front = render_skeleton_3d(joints_3d, joint_set, height)
+    novel = render_skeleton_3d(joints_3d, joint_set, height, *novel_view)
+    gap = np.full((height, 6, 3), 255, np.uint8)
+    return np.concatenate([panel_2d, gap, front, gap, novel], axis=1)

@@ -1,0 +1,89 @@
+"""Speed of the model, the loss, the input pipeline and serving on this machine.
+
+    python tools/benchmark.py --sections=model,loss,pipeline,serving --output_json=bench.json
+    python tools/benchmark.py --sections=model --backbone=hg --depths=1,2,4,64 --batch_size=4
+
+Prints a table per section and writes all numbers as JSON. Numbers depend on the
+machine: run the baseline in the same session before comparing.
+"""
+
+import json
+import os
+import tempfile
+
+from absl import app, flags
+
+from tf_volpose import benchmark, export, training
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sections", ["model", "loss", "pipeline"], "model, loss, pipeline, serving.")
+flags.DEFINE_string("backbone", "hg", "Backbone of the benchmarked model.")
+flags.DEFINE_list("depths", ["1", "2", "4", "64"], "Depth resolutions per stack.")
+flags.DEFINE_integer("features", 256, "Hourglass width.")
+flags.DEFINE_integer("input_size", 256, "Input crop side, px.")
+flags.DEFINE_integer("batch_size", 4, "Batch size.")
+flags.DEFINE_list("precisions", ["fp32", "bf16"], "Model section precisions.")
+flags.DEFINE_integer("repeats", 5, "Timed repetitions (median).")
+flags.DEFINE_integer("pipeline_frames", 64, "1000x1000 JPEG records written for the pipeline section.")
+flags.DEFINE_string("export_dir", None, "Serving section: an exported version directory "
+                    "(default: export the benchmarked model, untrained).")
+flags.DEFINE_string("output_json", None, "Where to write the numbers.")
+
+
+def main(argv):
+    del argv
+    config = training.TrainConfig(backbone=FLAGS.backbone, depths=tuple(map(int, FLAGS.depths)),
+                                  features=FLAGS.features, input_size=FLAGS.input_size)
+    results = {"config": {"backbone": config.backbone, "depths": list(config.depths),
+                          "features": config.features, "input_size": config.input_size,
+                          "batch_size": FLAGS.batch_size}}
+    if "model" in FLAGS.sections:
+        section = {"fp32_matmul_peak_gflops": benchmark.matmul_peak("float32"),
+                   "bf16_matmul_peak_gflops": benchmark.matmul_peak("bfloat16")}
+        for precision in FLAGS.precisions:
+            section[precision] = benchmark.model_speed(config, FLAGS.batch_size, precision,
+                                                       FLAGS.repeats)
+        fp32 = section.get("fp32")
+        if fp32:
+            achieved = fp32["gflops_per_image"] * fp32["forward_img_per_s"]
+            section["fp32_forward_gflops"] = achieved
+            section["fp32_roofline_fraction"] = achieved / section["fp32_matmul_peak_gflops"]
+        if fp32 and "bf16" in section:
+            section["bf16_forward_speedup"] = (section["bf16"]["forward_img_per_s"]
+                                               / fp32["forward_img_per_s"])
+        results["model"] = section
+        print(json.dumps(section, indent=2))
+    if "loss" in FLAGS.sections:
+        section = benchmark.loss_speed(FLAGS.batch_size, repeats=FLAGS.repeats)
+        section["speedup"] = section["dense_ms"] / section["separable_ms"]
+        results["loss"] = section
+        print(json.dumps(section, indent=2))
+    if "pipeline" in FLAGS.sections:
+        with tempfile.TemporaryDirectory() as tmp:
+            pattern = benchmark.write_large_frame_records(tmp, FLAGS.pipeline_frames)
+            section = benchmark.pipeline_speed(pattern, FLAGS.batch_size, FLAGS.input_size)
+        if "model" in results and "fp32" in results["model"]:
+            section["ratio_to_training"] = (section["img_per_s"]
+                                            / results["model"]["fp32"]["train_img_per_s"])
+        results["pipeline"] = section
+        print(json.dumps(section, indent=2))
+    if "serving" in FLAGS.sections:
+        import numpy as np
+        with tempfile.TemporaryDirectory() as tmp:
+            export_dir = FLAGS.export_dir
+            if export_dir is None:
+                model = training.build_model(config)
+                export_dir = export.export_saved_model(model, config, os.path.join(tmp, "volpose"),
+                                                       np.full(16, 250.0))
+            image = export.warmup_image(480)
+            section = benchmark.serving_speed(export_dir, image, [0.0, 0.0, 480.0, 480.0])
+        results["serving"] = section
+        print(json.dumps(section, indent=2))
+    if FLAGS.output_json:
+        with open(FLAGS.output_json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {FLAGS.output_json}")
+
+
+if __name__ == "__main__":
+    app.run(main)

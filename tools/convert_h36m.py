@@ -1,0 +1,49 @@
+"""Converts Human3.6M (official release layout) into tf_volpose records.
+
+    python tools/convert_h36m.py --h36m_root=ROOT --output_dir=data/h36m \
+        [--frames_root=FRAMES] [--subjects=S1,S5,S6,S7,S8,S9,S11] [--every=5] [--strict]
+
+Writes train-*.tfrecord (S1, S5, S6, S7, S8) and test-*.tfrecord (S9, S11), then
+bone_lengths.json (mean training bone lengths) beside them.
+"""
+
+import os
+
+import keras
+from absl import app, flags
+
+from tf_volpose import evaluation
+from tf_volpose.data import h36m
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("h36m_root", None, "Root of the official release (S1/MyPoseFeatures/...).")
+flags.DEFINE_string("output_dir", None, "Where to write the records.")
+flags.DEFINE_string("frames_root", None, "Extracted frames root (default: decode the videos).")
+flags.DEFINE_list("subjects", list(h36m.TRAIN_SUBJECTS + h36m.TEST_SUBJECTS), "Subjects.")
+flags.DEFINE_integer("every", 5, "Keep every N-th frame (5: 50 -> 10 fps).")
+flags.DEFINE_bool("strict", False, "Fail on a missing image instead of skipping the frame.")
+flags.mark_flags_as_required(["h36m_root", "output_dir"])
+
+
+def main(argv):
+    del argv
+    bar = {}
+
+    def progress(done, total, summary):
+        bar.setdefault("bar", keras.utils.Progbar(total, unit_name="sequence"))
+        bar["bar"].update(done, [("records", sum(summary["written"].values()))])
+
+    try:
+        summary = h36m.convert(FLAGS.h36m_root, FLAGS.output_dir, FLAGS.frames_root,
+                               tuple(FLAGS.subjects), FLAGS.every, FLAGS.strict, progress=progress)
+    except (h36m.ConversionError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    print(f"records written: {summary['written']}")
+    print(f"frames skipped: {summary['skipped'] or 'none'}")
+    if summary["written"].get("train"):
+        path = evaluation.write_bone_lengths(os.path.join(FLAGS.output_dir, "train-*"))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

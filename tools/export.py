@@ -1,0 +1,51 @@
+"""Exports a checkpoint as a TF Serving SavedModel: exports/volpose/<N>/.
+
+    python tools/export.py --checkpoint=runs/synthetic --export_base=exports/volpose [--version=N]
+        [--precision=fp32|bf16] [--flagfile=CFG]
+
+Without --flagfile the model is described by the run's config.json. Root depth
+uses the mean training bone lengths (bone_lengths.json beside the training
+records; written on the fly if missing).
+"""
+
+import os
+
+from absl import app, flags
+
+import train as train_tool  # tools/ is on sys.path when this script runs
+from tf_volpose import evaluation, export, skeleton, training
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Checkpoint file or model directory.")
+flags.DEFINE_string("export_base", "exports/volpose", "Base directory of numbered versions.")
+flags.DEFINE_integer("version", None, "Version number (default: highest existing + 1).")
+flags.DEFINE_enum("precision", "fp32", list(export.PRECISIONS), "Compute precision of the export.")
+flags.DEFINE_string("bone_lengths", "", "bone_lengths.json (default: beside the training records).")
+flags.DEFINE_float("fov_deg", export.DEFAULT_FOV_DEG, "Field of view of the default intrinsics.")
+flags.DEFINE_string("serving_decode", "local_softargmax", "Heatmap decoding inside the graph.")
+flags.mark_flag_as_required("checkpoint")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    model_dir = FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint) else os.path.dirname(FLAGS.checkpoint)
+    if FLAGS["flagfile"].present:
+        config = train_tool.config_from_flags()
+    else:
+        config = training.load_config(model_dir)
+    joint_set = skeleton.get_joint_set(config.joint_set)
+    lengths_path = FLAGS.bone_lengths or evaluation.default_bone_lengths_path(config)
+    if not os.path.exists(lengths_path):
+        lengths_path = evaluation.write_bone_lengths(config.train_pattern, lengths_path, joint_set)
+        print(f"wrote {lengths_path}")
+    bone_lengths = evaluation.load_bone_lengths(lengths_path, joint_set)
+    model, source = evaluation.load_trained_model(config, FLAGS.checkpoint)
+    path = export.export_saved_model(model, config, FLAGS.export_base, bone_lengths, FLAGS.version,
+                                     FLAGS.precision, FLAGS.serving_decode, FLAGS.fov_deg)
+    print(f"exported {source} ({FLAGS.precision}) to {path}")
+
+
+if __name__ == "__main__":
+    train_tool.define_config_flags()
+    app.run(main)

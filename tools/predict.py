@@ -1,0 +1,90 @@
+"""The paper's Figure 4 for any photo: 2D skeleton, 3D skeleton from the camera and a novel view.
+
+    python tools/predict.py --image=photo.jpg --saved_model=exports/volpose/1 --output=out.png
+    python tools/predict.py --image=photo.jpg --checkpoint=runs/synthetic \
+        --flagfile=configs/synthetic.cfg --output=out.png --output_json=out.json [--box=x,y,w,h]
+
+Without --box the whole image is the box. Without --focal the default intrinsics
+of the export are used: focal = max(W, H) / (2 tan(50 deg / 2)), principal point at the
+image centre. Left joints are red, right green.
+"""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+import train as train_tool  # tools/ is on sys.path when this script runs
+from tf_volpose import evaluation, export, skeleton, training, visualize
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("image", None, "Input image (JPEG or PNG).")
+flags.DEFINE_list("box", None, "x,y,w,h of the person in px (default: the whole image).")
+flags.DEFINE_string("saved_model", None, "An exported version directory.")
+flags.DEFINE_string("checkpoint", None, "Checkpoint or model directory (with --flagfile).")
+flags.DEFINE_list("focal", None, "fx,fy in px (default: the documented field of view).")
+flags.DEFINE_string("output", "prediction.png", "Output picture (PNG).")
+flags.DEFINE_string("output_json", None, "Optional JSON with the joints.")
+flags.mark_flag_as_required("image")
+
+
+def load_predictor():
+    if bool(FLAGS.saved_model) == bool(FLAGS.checkpoint):
+        raise app.UsageError("give exactly one of --saved_model or --checkpoint")
+    if FLAGS.saved_model:
+        loaded = tf.saved_model.load(FLAGS.saved_model)
+        return loaded.signatures["serving_default"], loaded.signatures["with_intrinsics"], None
+    config = train_tool.config_from_flags()
+    model, _ = evaluation.load_trained_model(config, FLAGS.checkpoint)
+    joint_set = skeleton.get_joint_set(config.joint_set)
+    lengths = evaluation.load_bone_lengths(evaluation.default_bone_lengths_path(config), joint_set)
+    module = export.ServingModule(model, config, lengths)
+    return module.serving_default, module.with_intrinsics, module
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        data = open(FLAGS.image, "rb").read()
+    except OSError as e:
+        raise app.UsageError(f"cannot read --image={FLAGS.image}: {e}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise app.UsageError(f"--image={FLAGS.image} is not a readable JPEG/PNG")
+    image = image[..., ::-1]
+    h, w = image.shape[:2]
+    box = [float(v) for v in FLAGS.box] if FLAGS.box else [0.0, 0.0, float(w), float(h)]
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise app.UsageError(f"--box must be x,y,w,h with positive w and h, got {FLAGS.box}")
+    default, with_intrinsics, _ = load_predictor()
+    inputs = dict(image_bytes=tf.constant([data]), box=tf.constant([box], tf.float32))
+    if FLAGS.focal:
+        focal = [float(v) for v in FLAGS.focal]
+        out = with_intrinsics(**inputs, focal=tf.constant([focal], tf.float32),
+                              principal_point=tf.constant([[w / 2.0, h / 2.0]], tf.float32))
+    else:
+        out = default(**inputs)
+    joints_3d = out["joints_3d_mm"].numpy()[0]
+    joints_2d = out["joints_2d_px"].numpy()[0]
+    joint_set = skeleton.get_joint_set("h36m17" if joints_3d.shape[0] == 17 else
+                                       {16: "mpii16", 15: "humaneva15"}[joints_3d.shape[0]])
+    figure = visualize.pose_figure(image, joints_2d, joints_3d, joint_set)
+    cv2.imwrite(FLAGS.output, figure[..., ::-1])
+    print(f"wrote {FLAGS.output}")
+    if FLAGS.output_json:
+        with open(FLAGS.output_json, "w") as f:
+            json.dump({"joint_names": list(joint_set.joint_names),
+                       "joints_3d_mm": joints_3d.tolist(), "joints_2d_px": joints_2d.tolist(),
+                       "confidence": out["confidence"].numpy()[0].tolist(),
+                       "root_depth_mm": float(out["root_depth_mm"].numpy()[0]),
+                       "box": box}, f, indent=1)
+        print(f"wrote {FLAGS.output_json}")
+
+
+if __name__ == "__main__":
+    train_tool.define_config_flags()
+    app.run(main)
