@@ -63,11 +63,17 @@ def test_export_reload_matches_the_in_memory_model(trained, tmp_path):
     heat = loaded.signatures["heatmaps"](image_bytes=images, box=boxes)["heatmaps"]
     voxels, conf = volume.decode_heatmaps_tf(heat, 17, config.fine_depth, "local_softargmax")
     np.testing.assert_allclose(voxels.numpy(), got["joints_voxel"].numpy(), atol=1e-4)
-    # calibrated camera: a longer focal length puts the person further away
+    # with_intrinsics at the documented default intrinsics gives the default answer
+    focal = 120.0 / (2.0 * np.tan(np.radians(export.DEFAULT_FOV_DEG) / 2.0))
     calib = loaded.signatures["with_intrinsics"](image_bytes=images, box=boxes,
-                                                 focal=tf.constant([[2000.0, 2000.0]] * 2),
+                                                 focal=tf.constant([[focal, focal]] * 2, tf.float32),
                                                  principal_point=tf.constant([[45.0, 60.0]] * 2))
-    assert (calib["root_depth_mm"].numpy() > got["root_depth_mm"].numpy()).all()
+    np.testing.assert_allclose(calib["joints_3d_mm"].numpy(), got["joints_3d_mm"].numpy(),
+                               rtol=1e-4, atol=1e-2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="focal"):
+        loaded.signatures["with_intrinsics"](image_bytes=images, box=boxes,
+                                             focal=tf.constant([[-1.0, 1.0]] * 2),
+                                             principal_point=tf.constant([[45.0, 60.0]] * 2))
     # versions count up
     assert export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths).endswith("2")
     with pytest.raises(ValueError, match="already exists"):
@@ -120,15 +126,44 @@ def test_killed_export_leaves_no_version_directory(trained, tmp_path):
     assert not glob.glob(str(base / ".tmp-*"))
 
 
+def _batching_parameters_class():
+    """TF Serving's BatchingParameters (session_bundle_config.proto), which the pip package
+    tensorflow-serving-api does not ship: declared here with the fields that config uses."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+    pool.Add(wrappers)
+    proto = descriptor_pb2.FileDescriptorProto(name="batching.proto", package="tensorflow.serving",
+                                               dependency=["google/protobuf/wrappers.proto"])
+    message = proto.message_type.add(name="BatchingParameters")
+    F = descriptor_pb2.FieldDescriptorProto
+    for number, (name, kind) in enumerate([
+            ("max_batch_size", "Int64Value"), ("batch_timeout_micros", "Int64Value"),
+            ("max_enqueued_batches", "Int64Value"), ("num_batch_threads", "Int64Value"),
+            ("thread_pool_name", "StringValue")], start=1):
+        message.field.add(name=name, number=number, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
+                          type_name=f".google.protobuf.{kind}")
+    message.field.add(name="allowed_batch_sizes", number=6, type=F.TYPE_INT64,
+                      label=F.LABEL_REPEATED)
+    message.field.add(name="pad_variable_length_inputs", number=7, type=F.TYPE_BOOL,
+                      label=F.LABEL_OPTIONAL)
+    pool.Add(proto)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
 def test_serving_config_files_parse():
     from tensorflow_serving.config import model_server_config_pb2
-    from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
     models = text_format.Parse((REPO / "serving" / "models.config").read_text(),
                                model_server_config_pb2.ModelServerConfig())
     assert models.model_config_list.config[0].name == "volpose"
+    assert models.model_config_list.config[0].model_version_policy.latest.num_versions == 1
     batching = text_format.Parse((REPO / "serving" / "batching.config").read_text(),
-                                 session_bundle_config_pb2.BatchingParameters())
-    assert batching.max_batch_size.value == 8
+                                 _batching_parameters_class()())
+    assert batching.max_batch_size.value == 8 and batching.num_batch_threads.value == 2
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse("max_batch_size: 8", _batching_parameters_class()())  # a wrapper, not int
 
 
 def _free_port():

@@ -1,3 +1,4 @@
+import functools
 import glob
 import importlib.util
 import json
@@ -36,6 +37,7 @@ def _config(data_dir, model_dir, **kw):
     return training.TrainConfig(**values)
 
 
+@functools.lru_cache(maxsize=1)
 def _load_tool():
     spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
     module = importlib.util.module_from_spec(spec)

@@ -39,6 +39,7 @@ MODELS = ("volumetric", "regression", "decoupled")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 SCHEDULES = ("constant", "step", "cosine")
+TRAIN_TARGETS = ("joints_voxel", "mask")
 
 
 def _field(default, help_text):
@@ -377,6 +378,9 @@ def _train(config, dry_run, report):
     with strategy.scope():
         model = build_model(config)
         optimizer = make_optimizer(config)
+        # Create the slot variables now: variables created inside the first traced
+        # step under a distribution strategy fail to initialise.
+        optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         checkpoint = tf.train.Checkpoint(
             step=step, model=model, optimizer=optimizer,
@@ -409,10 +413,12 @@ def _train(config, dry_run, report):
     def dataset_fn(context):
         batch = context.get_per_replica_batch_size(config.batch_size)
         pipelines = context.num_input_pipelines
-        return pipeline.make_dataset(
+        ds = pipeline.make_dataset(
             config.train_pattern, training=True, batch_size=batch,
             num_shards=pipelines, shard_index=context.input_pipeline_id,
             skip=start_step * config.batch_size // pipelines, **data_options)
+        # Only what the step needs crosses to the replicas (no strings or metadata).
+        return ds.map(lambda inputs, targets: (inputs, {k: targets[k] for k in TRAIN_TARGETS}))
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     val_batches = []
@@ -560,11 +566,15 @@ def _train(config, dry_run, report):
     return result
 
 
-def weights_digest(model):
-    """SHA-256 of all weights' bytes: equal digests mean identical weights."""
+def weights_digest(model, trainable_only=True):
+    """SHA-256 of the weights' bytes: equal digests mean identical weights.
+
+    By default only trainable weights: batch-norm moving statistics are updated
+    from each worker's own batches and differ between workers (as with ``fit``).
+    """
     import hashlib
     digest = hashlib.sha256()
-    for weight in model.weights:
+    for weight in (model.trainable_weights if trainable_only else model.weights):
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()[:16]
 
