@@ -258,3 +258,25 @@ def test_client_retries_then_reports_unavailable():
     with pytest.raises(serving_client.ServingError, match="UNAVAILABLE"):
         client.status()
     assert time.time() - start >= 0.2 + 0.4  # two backoffs
+
+
+def test_predict_tool_writes_the_figure_and_json(trained, tmp_path):
+    config, model, lengths, _ = trained
+    path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(_jpeg(h=240, w=180))
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"), f"--image={image}",
+                          f"--saved_model={path}", f"--output={tmp_path / 'out.png'}",
+                          f"--output_json={tmp_path / 'out.json'}", "--box=20,30,120,180"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    figure = cv2.imread(str(tmp_path / "out.png"))
+    assert figure.shape[0] == 400 and figure.shape[1] > 3 * 300  # image + two 3D views
+    data = json.load(open(tmp_path / "out.json"))
+    assert len(data["joints_3d_mm"]) == 17 and len(data["joint_names"]) == 17
+    assert np.isfinite(np.array(data["joints_3d_mm"])).all()
+    bad = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"), f"--image={image}",
+                          f"--saved_model={path}", "--box=0,0,0,10"], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert bad.returncode != 0 and "box" in bad.stderr

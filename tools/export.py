@@ -30,7 +30,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     model_dir = FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint) else os.path.dirname(FLAGS.checkpoint)
-    if FLAGS["flagfile"].present:
+    if FLAGS["train_pattern"].present:  # a --flagfile (or explicit flags) describes the model
         config = train_tool.config_from_flags()
     else:
         config = training.load_config(model_dir)

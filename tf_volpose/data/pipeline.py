@@ -176,9 +176,9 @@ def make_dataset(file_pattern, *, training, batch_size, **options):
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=opts.seed)
+    # Sequential interleaving is deterministic; the parallel one may reorder.
     ds = ds.interleave(read, cycle_length=min(4, len(files)), block_length=1,
-                       num_parallel_calls=None if opts.deterministic else tf.data.AUTOTUNE,
-                       deterministic=True if opts.deterministic else None)
+                       num_parallel_calls=None if opts.deterministic else tf.data.AUTOTUNE)
     if opts.num_shards > 1:
         ds = ds.shard(opts.num_shards, opts.shard_index)
     if training:

@@ -1,0 +1,22 @@
+"""The benchmark functions run and report sane values on tiny sizes (no timing assertions)."""
+
+import numpy as np
+
+from tf_volpose import benchmark, training
+
+
+def test_model_and_loss_sections_report_positive_numbers():
+    config = training.TrainConfig(features=8, input_size=64, depths=(1, 4))
+    result = benchmark.model_speed(config, batch_size=2, repeats=1)
+    assert result["forward_img_per_s"] > 0 and result["train_img_per_s"] > 0
+    # FLOPs from the graph: more than the 7x7 stem convolution alone (2*7*7*3*c per pixel)
+    assert result["gflops_per_image"] > 2 * 7 * 7 * 3 * 2 * 32 * 32 / 1e9
+    loss = benchmark.loss_speed(batch_size=1, joints=2, size=8, depth=8, repeats=1)
+    assert loss["separable_ms"] > 0 and loss["dense_ms"] > 0
+    assert loss["dense_target_bytes"] == 8 * 8 * 2 * 8 * 4
+
+
+def test_pipeline_section_on_large_frames(tmp_path):
+    pattern = benchmark.write_large_frame_records(str(tmp_path), count=4, size=500)
+    result = benchmark.pipeline_speed(pattern, batch_size=2, input_size=64, batches=3)
+    assert result["img_per_s"] > 0 and np.isfinite(result["img_per_s"])
