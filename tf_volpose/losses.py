@@ -74,10 +74,11 @@ def volumetric_loss_per_example(heatmaps, joints_voxel, depth, sigma=2.0, fine_d
     joints = tf.shape(joints_voxel)[1]
     gx, gy, gz = target_profiles(joints_voxel, height, width, depth, sigma, fine_depth)
     p = tf.reshape(heatmaps, [batch, height, width, joints, depth])
-    # sum G^2 factorises into 1D sums; sum G p contracts p with the three profiles.
+    # sum G^2 factorises into 1D sums; sum G p contracts p with the three profiles,
+    # z first in p's own layout (an einsum here would transpose the whole volume).
     sum_g2 = (tf.reduce_sum(gx * gx, -1) * tf.reduce_sum(gy * gy, -1) * tf.reduce_sum(gz * gz, -1))
-    p_z = tf.einsum("byxjk,bjk->bjyx", p, gz)
-    sum_gp = tf.einsum("bjyx,bjy,bjx->bj", p_z, gy, gx)
+    p_z = tf.reduce_sum(p * gz[:, None, None], axis=-1)  # (B, H, W, J)
+    sum_gp = tf.einsum("byxj,bjy,bjx->bj", p_z, gy, gx)
     sum_p2 = tf.reduce_sum(tf.square(p), axis=[1, 2, 4])
     per_joint = sum_g2 - 2.0 * sum_gp + sum_p2  # (B, J)
     if mask is not None:
