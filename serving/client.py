@@ -110,6 +110,23 @@ class GrpcClient:
         return [(s.version, get_model_status_pb2.ModelVersionStatus.State.Name(s.state))
                 for s in response.model_version_status]
 
+    def wait_until_available(self, timeout=120.0, process=None):
+        """Polls GetModelStatus until the model answers (e.g. a server that is starting).
+
+        Raises ServingError after ``timeout`` seconds, or at once if ``process`` (a
+        ``subprocess.Popen`` of the server) has exited.
+        """
+        deadline = time.time() + timeout
+        while True:
+            try:
+                return self.status()
+            except ServingError:
+                if process is not None and process.poll() is not None:
+                    raise ServingError("UNAVAILABLE", f"server exited with {process.returncode}")
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def close(self):
         self.channel.close()
 

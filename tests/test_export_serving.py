@@ -185,15 +185,10 @@ def server(trained, tmp_path_factory):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = serving_client.GrpcClient(f"127.0.0.1:{port}", timeout=60, retries=8)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                client.status()
-                break
-            except serving_client.ServingError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(proc.stdout.read() if proc.poll() is not None else "timeout")
-                time.sleep(0.5)
+        try:
+            client.wait_until_available(120, process=proc)
+        except serving_client.ServingError:
+            raise RuntimeError(proc.stdout.read() if proc.poll() is not None else "timeout")
         yield client, f"127.0.0.1:{port}", f"127.0.0.1:{rest_port}", proc
     finally:
         client.close()

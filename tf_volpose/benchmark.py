@@ -188,15 +188,7 @@ def serving_speed(export_dir, image_bytes, box, requests=50, clients=4, port=Non
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     try:
         client = serving_client.GrpcClient(f"127.0.0.1:{port}", retries=10, timeout=120)
-        deadline = time.time() + 120
-        while True:
-            try:
-                client.status()
-                break
-            except serving_client.ServingError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.5)
+        client.wait_until_available(120, process=server)
         for _ in range(3):
             client.predict(image_bytes, box)
         remote = []

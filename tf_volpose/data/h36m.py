@@ -111,22 +111,13 @@ def convert(h36m_root, output_dir, frames_root=None, subjects=TRAIN_SUBJECTS + T
     if not todo:
         raise ConversionError(f"no D3_Positions_mono .cdf files under {h36m_root} for {list(subjects)}")
     summary = {"written": collections.Counter(), "skipped": collections.Counter()}
-    writers = {}
-    try:
+    with records.SplitWriters(output_dir, examples_per_shard) as writers:
         for done, (subject, action, camera_id, pose_path) in enumerate(todo, 1):
             split = "train" if subject in TRAIN_SUBJECTS else "test"
-            if split not in writers:
-                writers[split] = records.ShardedWriter(output_dir, split, examples_per_shard)
             _convert_sequence(writers[split], h36m_root, frames_root, subject, action, camera_id,
                               pose_path, every, strict, summary)
             if progress:
                 progress(done, len(todo), summary)
-        for writer in writers.values():
-            writer.close()
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
     return {"written": dict(summary["written"]), "skipped": dict(summary["skipped"])}
 
 

@@ -38,8 +38,7 @@ def convert(npz_3d, npz_2d, frames_root, output_dir, frames_pattern=DEFAULT_FRAM
     positions_3d = _load(npz_3d, "positions_3d")
     positions_2d = _load(npz_2d, "positions_2d")
     summary = {"written": collections.Counter(), "skipped": collections.Counter()}
-    writers = {}
-    try:
+    with records.SplitWriters(output_dir, examples_per_shard) as writers:
         for full_subject in sorted(positions_3d):
             split_name, _, subject = full_subject.rpartition("/")
             split = "validation" if split_name.lower().startswith("valid") else "train"
@@ -57,9 +56,6 @@ def convert(npz_3d, npz_2d, frames_root, output_dir, frames_pattern=DEFAULT_FRAM
                 for action in actions:
                     poses = positions_3d[full_subject][action] * 1000.0
                     joints_2d = positions_2d[full_subject][action][cam_index]
-                    if split not in writers:
-                        writers[split] = records.ShardedWriter(output_dir, split,
-                                                               examples_per_shard)
                     writer = writers[split]
                     for frame in range(len(poses)):
                         path = os.path.join(frames_root, frames_pattern.format(
@@ -85,10 +81,4 @@ def convert(npz_3d, npz_2d, frames_root, output_dir, frames_pattern=DEFAULT_FRAM
                         summary["written"][split] += 1
                 if progress:
                     progress(full_subject, cam_name, summary)
-        for writer in writers.values():
-            writer.close()
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
     return {"written": dict(summary["written"]), "skipped": dict(summary["skipped"])}

@@ -216,3 +216,29 @@ class ShardedWriter:
         else:
             self.abort()
         return False
+
+
+class SplitWriters:
+    """One :class:`ShardedWriter` per split, created on first use; a context manager that
+    closes them all on success and aborts them all (no unfinished shard renamed) on error."""
+
+    def __init__(self, output_dir, examples_per_shard=1000):
+        self.output_dir = output_dir
+        self.examples_per_shard = examples_per_shard
+        self.writers = {}
+
+    def __getitem__(self, split):
+        if split not in self.writers:
+            self.writers[split] = ShardedWriter(self.output_dir, split, self.examples_per_shard)
+        return self.writers[split]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        for writer in self.writers.values():
+            if exc_type is None:
+                writer.close()
+            else:
+                writer.abort()
+        return False
