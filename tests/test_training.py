@@ -217,3 +217,21 @@ def test_multi_worker_mirrored_two_processes_end_identical(data_dir, tmp_path):
     assert digests[0] == digests[1]
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")  # written by the chief
     assert not glob.glob(str(tmp_path / "workertemp_*"))
+
+
+def test_sigkill_leaves_only_restorable_checkpoints(data_dir, tmp_path):
+    proc = _run_tool(_tool_args(data_dir, tmp_path, train_steps=100000, checkpoint_every=1,
+                                keep_checkpoints=2, image_summary_every=0))
+    saved = 0
+    deadline = time.time() + 120
+    while time.time() < deadline and saved < 4:
+        if "saved checkpoint" in proc.stdout.readline():
+            saved += 1
+    time.sleep(0.3)  # likely mid-way through the next save
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    latest = tf.train.latest_checkpoint(str(tmp_path))
+    step = int(latest.rsplit("-", 1)[1])
+    assert step >= 4
+    resumed = training.train(_config(data_dir, tmp_path, train_steps=step + 1, val_pattern=""))
+    assert resumed["step"] == step + 1
