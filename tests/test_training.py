@@ -235,3 +235,13 @@ def test_sigkill_leaves_only_restorable_checkpoints(data_dir, tmp_path):
     assert step >= 4
     resumed = training.train(_config(data_dir, tmp_path, train_steps=step + 1, val_pattern=""))
     assert resumed["step"] == step + 1
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_training_loop_under_mixed_precision(data_dir, tmp_path, policy):
+    import keras
+    result = training.train(_config(data_dir, tmp_path, mixed_precision=policy, train_steps=2,
+                                    val_pattern=""))
+    assert result["step"] == 2 and np.isfinite(result["loss"])
+    assert result["model"].get_layer("s0_head").compute_dtype == policy.split("_")[1]
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
