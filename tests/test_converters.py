@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_volpose import camera, crop
+from tf_volpose import camera
 from tf_volpose.data import h36m, pipeline, records
 from tests.conftest import random_pose
 

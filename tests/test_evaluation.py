@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from tf_volpose import camera, crop, evaluation, metrics, skeleton, training, volume
+from tf_volpose import camera, crop, evaluation, metrics, training, volume
 from tf_volpose.data import synthetic
 
 
@@ -93,7 +93,7 @@ def test_representation_floor_on_real_h36m_s9(shared_data):
     """Argmax at 64^3 with ground-truth root depth on real S9 poses: about 21.6 mm."""
     data = np.load(shared_data / "h36m_mocap_17j_10fps.npz")
     grid = volume.VoxelGrid(64, 64, 1000.0)
-    errors, soft = [], []
+    errors = []
     keys = sorted(k for k in data.files if k.startswith("S9/"))
     for key in keys:
         poses = data[key][::10]

@@ -1,4 +1,3 @@
-import base64
 import glob
 import json
 import os
@@ -10,7 +9,6 @@ import sys
 import time
 
 import cv2
-import grpc
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tf_volpose import camera, skeleton, volume
 from tests.conftest import random_pose

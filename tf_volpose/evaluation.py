@@ -17,7 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import crop, losses, metrics, skeleton, training, volume
+from tf_volpose import losses, metrics, skeleton, training, volume
 from tf_volpose.data import pipeline, records
 from tf_volpose.models import volumetric
 

@@ -65,7 +65,6 @@ class ServingModule(tf.Module):
         self.decode = decode
         self.bone_lengths = tf.constant(np.asarray(bone_lengths, np.float32))
         self.fov_deg = float(fov_deg)
-        J = self.joint_set.num_joints
         images = tf.TensorSpec([None], tf.string, name="image_bytes")
         boxes = tf.TensorSpec([None, 4], tf.float32, name="box")
         pairs = [tf.TensorSpec([None, 2], tf.float32, name=n) for n in ("focal", "principal_point")]
@@ -73,7 +72,6 @@ class ServingModule(tf.Module):
         self.with_intrinsics = tf.function(self._with_intrinsics,
                                            input_signature=[images, boxes] + pairs)
         self.heatmaps = tf.function(self._heatmaps, input_signature=[images, boxes])
-        del J
 
     # -- graph pieces
 

@@ -17,7 +17,6 @@ interval and never leaves one that fails to restore.
 """
 
 import dataclasses
-import io
 import json
 import math
 import os

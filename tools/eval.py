@@ -13,7 +13,7 @@ import os
 from absl import app, flags
 
 import train as train_tool  # tools/ is on sys.path when this script runs
-from tf_volpose import evaluation, training, volume
+from tf_volpose import evaluation, volume
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "", "Checkpoint file or model directory (latest checkpoint).")

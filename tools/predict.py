@@ -10,7 +10,6 @@ image centre. Left joints are red, right green.
 """
 
 import json
-import os
 
 import cv2
 import numpy as np
@@ -18,7 +17,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import train as train_tool  # tools/ is on sys.path when this script runs
-from tf_volpose import evaluation, export, skeleton, training, visualize
+from tf_volpose import evaluation, export, skeleton, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Input image (JPEG or PNG).")

@@ -23,7 +23,7 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from tf_volpose import camera, crop, skeleton
+from tf_volpose import camera, crop
 from tf_volpose.data import records
 
 RENDER_SIZE = 384
