@@ -7,9 +7,11 @@ coordinates; image u right, v down, in pixels.
 
 import functools
 import json
+import math
 from importlib import resources
 
 import numpy as np
+import tensorflow as tf
 
 from tf_volpose import _checks
 
@@ -19,6 +21,24 @@ def intrinsics_matrix(f, c):
     f = _checks.positive("f", _checks.as_array("f", f, shape=(2,)))
     c = _checks.as_array("c", c, shape=(2,))
     return np.array([[f[0], 0.0, c[0]], [0.0, f[1], c[1]], [0.0, 0.0, 1.0]])
+
+
+DEFAULT_FOV_DEG = 50.0  # field of view assumed for images without calibration
+
+
+def focal_from_fov(image_side_px, fov_deg=DEFAULT_FOV_DEG):
+    """Focal length (px) giving ``fov_deg`` across ``image_side_px`` (NumPy or TF values)."""
+    return image_side_px / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
+
+
+def intrinsics_matrix_tf(focal, principal):
+    """Batched TF ``K``: ``(B, 2)`` focal lengths and principal points -> ``(B, 3, 3)``."""
+    focal = tf.cast(focal, tf.float32)
+    principal = tf.cast(principal, tf.float32)
+    zeros = tf.zeros_like(focal[:, 0])
+    return tf.stack([tf.stack([focal[:, 0], zeros, principal[:, 0]], -1),
+                     tf.stack([zeros, focal[:, 1], principal[:, 1]], -1),
+                     tf.stack([zeros, zeros, tf.ones_like(zeros)], -1)], axis=1)
 
 
 def project_pinhole(points_cam, K):

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import losses, metrics, skeleton, training, volume
+from tf_volpose import camera, losses, metrics, skeleton, training, volume
 from tf_volpose.data import pipeline, records
 from tf_volpose.models import volumetric
 
@@ -147,7 +147,7 @@ def collect_predictions(config, options, model=None, file_pattern=None):
                                                options.oracle)[0]
         else:
             voxels = run_model(inputs["image"])
-        K = training.intrinsics_batch(targets["focal"], targets["principal"])
+        K = camera.intrinsics_matrix_tf(targets["focal"], targets["principal"])
         if bone_lengths is not None:
             root = volume.estimate_root_depth_tf(voxels, K, targets["center"], targets["scale"],
                                                  bone_lengths, grid, joint_set)

@@ -28,7 +28,6 @@ version, and adds warm-up requests in ``assets.extra/tf_serving_warmup_requests`
 """
 
 import glob
-import math
 import os
 import shutil
 import uuid
@@ -38,9 +37,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import crop, skeleton, training, volume
+from tf_volpose import camera, crop, skeleton, training, volume
 
-DEFAULT_FOV_DEG = 50.0
+DEFAULT_FOV_DEG = camera.DEFAULT_FOV_DEG
 WARMUP_FILE = "tf_serving_warmup_requests"
 PRECISIONS = ("fp32", "bf16")
 
@@ -106,7 +105,7 @@ class ServingModule(tf.Module):
         grid = self.config.grid
         voxels, confidence = volume.decode_heatmaps_tf(heatmaps, self.joint_set.num_joints,
                                                        grid.depth, self.decode)
-        K = training.intrinsics_batch(focal, principal)
+        K = camera.intrinsics_matrix_tf(focal, principal)
         root = volume.estimate_root_depth_tf(voxels, K, center, scale, self.bone_lengths, grid,
                                              self.joint_set)
         joints_3d = volume.lift_tf(voxels, K, center, scale, root, grid)
@@ -116,7 +115,7 @@ class ServingModule(tf.Module):
 
     def default_intrinsics(self, sizes):
         """(B, 2) image sizes (W, H) -> default ``focal`` and ``principal_point``."""
-        f = tf.reduce_max(sizes, axis=-1) / (2.0 * math.tan(math.radians(self.fov_deg) / 2.0))
+        f = camera.focal_from_fov(tf.reduce_max(sizes, axis=-1), self.fov_deg)
         return tf.stack([f, f], axis=-1), sizes / 2.0
 
     # -- signatures

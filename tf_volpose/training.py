@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import losses, skeleton, visualize, volume
+from tf_volpose import camera, losses, skeleton, visualize, volume
 from tf_volpose.data import augment, pipeline, synthetic
 from tf_volpose.models import decoupled, regression, volumetric
 
@@ -187,17 +187,6 @@ def predict_voxels(config, outputs, method=None):
     voxels, _ = volume.decode_heatmaps_tf(last, config.num_joints, config.fine_depth,
                                           method or config.decode)
     return voxels
-
-
-def intrinsics_batch(focal, principal):
-    """``(B, 2)`` focal lengths and principal points -> ``(B, 3, 3)`` K."""
-    focal = tf.cast(focal, tf.float32)
-    principal = tf.cast(principal, tf.float32)
-    zeros = tf.zeros_like(focal[:, 0])
-    ones = tf.ones_like(zeros)
-    return tf.stack([tf.stack([focal[:, 0], zeros, principal[:, 0]], -1),
-                     tf.stack([zeros, focal[:, 1], principal[:, 1]], -1),
-                     tf.stack([zeros, zeros, ones], -1)], axis=1)
 
 
 def make_strategy(name):
@@ -474,7 +463,7 @@ def _train(config, dry_run, report):
             voxel_err.append(tf.reduce_mean(tf.norm(voxels - gt, axis=-1), axis=-1).numpy())
             has_3d = targets["has_3d"].numpy() > 0
             if has_3d.any():
-                K = intrinsics_batch(targets["focal"], targets["principal"])
+                K = camera.intrinsics_matrix_tf(targets["focal"], targets["principal"])
                 lifted = volume.lift_tf(voxels, K, targets["center"], targets["scale"],
                                         targets["root_depth"], config.grid)
                 pred = lifted - lifted[:, :1]

@@ -3,22 +3,19 @@
 The ``.h5`` holds ``part`` (N, 16, 2) px, ``visible`` (N, 16), ``center`` (N, 2),
 ``scale`` (N,) (person height / 200 px), ``normalize`` (N,) and ``imgname`` (N,).
 The record box follows the hourglass crop: centre moved down by ``15 * scale`` px
-and side ``200 * 1.25 * scale``. MPII has no calibration: ``camera/f`` is the
-default field of view of ``export.DEFAULT_FOV_DEG`` and ``camera/c`` the image centre.
+and side ``200 * 1.25 * scale``. MPII has no calibration: ``camera/f`` gives the
+default field of view ``camera.DEFAULT_FOV_DEG`` and ``camera/c`` is the image centre.
 """
 
 import collections
-import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from tf_volpose import camera
 from tf_volpose.data import records
 from tf_volpose.data.h36m import ConversionError
-
-DEFAULT_FOV_DEG = 50.0  # the same default as the export's intrinsics
-
 
 def convert(annotations, images_dir, output_dir, split="train", strict=False,
             examples_per_shard=1000, progress=None):
@@ -57,7 +54,7 @@ def convert(annotations, images_dir, output_dir, split="train", strict=False,
                 skipped["no usable annotation"] += 1
                 continue
             center = centers[i] + [0.0, 15.0 * scales[i]]
-            focal = max(width, height) / (2.0 * math.tan(math.radians(DEFAULT_FOV_DEG) / 2.0))
+            focal = camera.focal_from_fov(max(width, height))
             writer.write(records.make_example(
                 data, int(height), int(width), np.where(vis[:, None] > 0, parts[i], 0.0), center,
                 1.25 * scales[i], [focal, focal], [width / 2.0, height / 2.0], visible=vis,
