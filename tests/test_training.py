@@ -245,3 +245,10 @@ def test_training_loop_under_mixed_precision(data_dir, tmp_path, policy):
     assert result["step"] == 2 and np.isfinite(result["loss"])
     assert result["model"].get_layer("s0_head").compute_dtype == policy.split("_")[1]
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+
+
+def test_tool_reports_missing_data_without_a_traceback(tmp_path):
+    proc = _run_tool([f"--model_dir={tmp_path}", f"--train_pattern={tmp_path}/none-*", "--dry_run"])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "error: no files match" in out and "Traceback" not in out

@@ -94,8 +94,15 @@ class TerminalProgress:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = config_from_flags()
-    result = training.train(config, dry_run=FLAGS.dry_run, progress=TerminalProgress())
+    try:
+        config = config_from_flags()
+        result = training.train(config, dry_run=FLAGS.dry_run, progress=TerminalProgress())
+    except (ValueError, training.TrainingDivergedError) as e:
+        hint = ""
+        if "no files match" in str(e):
+            hint = ("\nConvert the dataset first (tools/convert_h36m.py, convert_mpii.py, "
+                    "convert_humaneva.py) or point --train_pattern at existing records.")
+        raise SystemExit(f"error: {e}{hint}")
     if FLAGS.dry_run:
         print(result["summary"])
         print(f"parameters: {result['params']:,}")
