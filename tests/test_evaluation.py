@@ -109,3 +109,19 @@ def test_representation_floor_on_real_h36m_s9(shared_data):
                 errors.append(metrics.mpjpe(lifted[None], joints[None])[0])
     floor = float(np.mean(errors))
     assert 15.0 < floor < 30.0, floor
+
+
+def test_eval_tool_oracle_from_the_command_line(data_dir, tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(repo / "tools" / "eval.py"), f"--train_pattern={data_dir}/train-*",
+         f"--val_pattern={data_dir}/val-*", "--input_size=64", "--depths=1,64", "--oracle=argmax",
+         "--decode=argmax", f"--output_dir={tmp_path}"], capture_output=True, text=True,
+        timeout=300, cwd=repo, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.load(open(tmp_path / "metrics.json"))
+    assert data["options"]["decode"] == "argmax" and data["source"] == "oracle (argmax)"
+    assert "MPJPE" in (tmp_path / "report.md").read_text()

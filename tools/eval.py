@@ -4,7 +4,8 @@
         [--decode=argmax|local_softargmax|softargmax] [--flip_test] [--root_depth=gt|bone_lengths]
     python tools/eval.py --flagfile=configs/synthetic.cfg --oracle=argmax   # no checkpoint needed
 
-The training flags (from --flagfile) describe the model and data; --split=NAME reads
+The training flags (from --flagfile) describe the model and data, and --decode (one of
+argmax, local_softargmax, softargmax, quadratic) the heatmap decoding; --split=NAME reads
 NAME-*.tfrecord beside the training records (default: --val_pattern).
 """
 
@@ -13,14 +14,12 @@ import os
 from absl import app, flags
 
 import train as train_tool  # tools/ is on sys.path when this script runs
-from tf_volpose import evaluation, volume
+from tf_volpose import evaluation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "", "Checkpoint file or model directory (latest checkpoint).")
 flags.DEFINE_string("split", "", "Split name, e.g. test (default: the config's val_pattern).")
 flags.DEFINE_string("output_dir", None, "Where to write (default: the checkpoint's directory).")
-flags.DEFINE_enum("eval_decode", "local_softargmax", list(volume.DECODE_METHODS),
-                  "Heatmap decoding (the config's --decode is for training-time validation).")
 flags.DEFINE_bool("flip_test", False, "Average the volume of the image and its mirror.")
 flags.DEFINE_enum("root_depth", "gt", ["gt", "bone_lengths"], "Absolute root depth source.")
 flags.DEFINE_string("bone_lengths", "", "bone_lengths.json (default: beside the training records).")
@@ -35,7 +34,7 @@ def main(argv):
     pattern = None
     if FLAGS.split:
         pattern = os.path.join(os.path.dirname(config.train_pattern), f"{FLAGS.split}-*")
-    options = evaluation.EvalOptions(decode=FLAGS.eval_decode, flip_test=FLAGS.flip_test,
+    options = evaluation.EvalOptions(decode=config.decode, flip_test=FLAGS.flip_test,
                                      root_depth=FLAGS.root_depth, oracle=FLAGS.oracle,
                                      bone_lengths=FLAGS.bone_lengths,
                                      max_examples=FLAGS.max_examples)
