@@ -138,6 +138,13 @@ class ModelServer:
         return spec
 
 
+def _check_model_or_abort(server, spec, context):
+    try:
+        server.check_model(spec)
+    except RequestError as e:
+        context.abort(e.code, str(e))
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, server):
         self.server = server
@@ -160,10 +167,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def GetModelMetadata(self, request, context):
-        try:
-            self.server.check_model(request.model_spec)
-        except RequestError as e:
-            context.abort(e.code, str(e))
+        _check_model_or_abort(self.server, request.model_spec, context)
         if list(request.metadata_field) != ["signature_def"]:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "metadata_field must contain exactly signature_def")
@@ -181,10 +185,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.server = server
 
     def GetModelStatus(self, request, context):
-        try:
-            self.server.check_model(request.model_spec)
-        except RequestError as e:
-            context.abort(e.code, str(e))
+        _check_model_or_abort(self.server, request.model_spec, context)
         status = get_model_status_pb2.ModelVersionStatus(
             version=self.server.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
         return get_model_status_pb2.GetModelStatusResponse(model_version_status=[status])

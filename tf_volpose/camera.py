@@ -41,6 +41,14 @@ def intrinsics_matrix_tf(focal, principal):
                      tf.stack([zeros, zeros, tf.ones_like(zeros)], -1)], axis=1)
 
 
+def window_intrinsics(f, c, origin, zoom):
+    """Intrinsics of an image window starting at ``origin`` (px) and resized by ``zoom``.
+
+    Returns ``(f', c')``: focal lengths scale, the principal point shifts then scales.
+    """
+    return np.asarray(f, np.float64) * zoom, (np.asarray(c, np.float64) - origin) * zoom
+
+
 def project_pinhole(points_cam, K):
     """Pinhole projection of ``(..., 3)`` camera-frame mm to ``(..., 2)`` px."""
     points_cam = np.asarray(points_cam, dtype=np.float64)

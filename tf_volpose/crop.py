@@ -118,6 +118,31 @@ def transform_points_tf(points, A):
     return tf.matmul(tf.cast(points, tf.float32), A[:2, :2], transpose_b=True) + A[:2, 2]
 
 
+def source_window_tf(A, out_size, height, width, margin=2):
+    """Integer pixel window ``(x0, y0, x1, y1)`` of an image that the crop ``A`` samples.
+
+    The crop's corners mapped back into the image, widened by ``margin`` px for
+    bilinear neighbours and clipped to the image; never empty.
+    """
+    corners = tf.constant([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]) * float(out_size)
+    region = transform_points_tf(corners, tf.linalg.inv(tf.cast(A, tf.float32)))
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    lo = tf.cast(tf.floor(tf.reduce_min(region, axis=0)), tf.int32) - (margin - 1)
+    hi = tf.cast(tf.math.ceil(tf.reduce_max(region, axis=0)), tf.int32) + margin
+    x0 = tf.clip_by_value(lo[0], 0, width - 1)
+    y0 = tf.clip_by_value(lo[1], 0, height - 1)
+    return x0, y0, tf.clip_by_value(hi[0], x0 + 1, width), tf.clip_by_value(hi[1], y0 + 1, height)
+
+
+def shift_origin_tf(A, x0, y0):
+    """``A`` for an image cropped at ``(x0, y0)``: pixel ``(u, v)`` there is ``(u + x0, v + y0)``."""
+    offset = tf.stack([tf.stack([1.0, 0.0, tf.cast(x0, tf.float32)]),
+                       tf.stack([0.0, 1.0, tf.cast(y0, tf.float32)]),
+                       tf.constant([0.0, 0.0, 1.0])])
+    return tf.matmul(tf.cast(A, tf.float32), offset)
+
+
 def warp_image_tf(image, A, out_size):
     """TF version of :func:`warp_image`: ``(H, W, C)`` float image -> ``(out, out, C)``.
 

@@ -79,15 +79,7 @@ def decode_crop(data, height, width, A, input_size):
 
     Returns ``(input_size, input_size, 3)`` float32 in [0, 1].
     """
-    inverse = tf.linalg.inv(A)
-    corners = tf.constant([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]) * float(input_size)
-    region = crop.transform_points_tf(corners, inverse)
-    height = tf.cast(height, tf.int32)
-    width = tf.cast(width, tf.int32)
-    x0 = tf.clip_by_value(tf.cast(tf.floor(tf.reduce_min(region[:, 0])), tf.int32) - 1, 0, width - 1)
-    y0 = tf.clip_by_value(tf.cast(tf.floor(tf.reduce_min(region[:, 1])), tf.int32) - 1, 0, height - 1)
-    x1 = tf.clip_by_value(tf.cast(tf.math.ceil(tf.reduce_max(region[:, 0])), tf.int32) + 2, x0 + 1, width)
-    y1 = tf.clip_by_value(tf.cast(tf.math.ceil(tf.reduce_max(region[:, 1])), tf.int32) + 2, y0 + 1, height)
+    x0, y0, x1, y1 = crop.source_window_tf(A, input_size, height, width)
     window = tf.stack([y0, x0, y1 - y0, x1 - x0])
 
     def jpeg():
@@ -98,10 +90,7 @@ def decode_crop(data, height, width, A, input_size):
 
     image = tf.cond(tf.strings.substr(data, 0, 2) == b"\xff\xd8", jpeg, other)
     image = tf.image.convert_image_dtype(image, tf.float32)
-    offset = tf.stack([tf.stack([1.0, 0.0, tf.cast(x0, tf.float32)]),
-                       tf.stack([0.0, 1.0, tf.cast(y0, tf.float32)]),
-                       tf.constant([0.0, 0.0, 1.0])])
-    return crop.warp_image_tf(image, tf.matmul(A, offset), input_size)
+    return crop.warp_image_tf(image, crop.shift_origin_tf(A, x0, y0), input_size)
 
 
 def preprocess(example, seed, options, training):

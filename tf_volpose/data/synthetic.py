@@ -171,9 +171,7 @@ def render_sample(pose_world, rng, render_size=RENDER_SIZE, jpeg_quality=90):
     window = WINDOW_MARGIN * crop.BOX_SIZE_PX * scale
     zoom = render_size / window
     origin = center - window / 2.0
-    # Intrinsics of the rendered window: shift the principal point, scale everything.
-    f = cam.f * zoom
-    c = (cam.c - origin) * zoom
+    f, c = camera.window_intrinsics(cam.f, cam.c, origin, zoom)
     K = camera.intrinsics_matrix(f, c)
     image = _background(rng, render_size)
     joints_2d = render_person(pose_cam, K, image, rng)
