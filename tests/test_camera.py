@@ -96,3 +96,34 @@ def test_camera_from_correspondences_recovers_a_calibration(rng):
     np.testing.assert_allclose(fitted.T, true.T, atol=1e-4)
     with pytest.raises(ValueError, match="at least 6"):
         camera.Camera.from_correspondences(points[:5], uv[:5])
+
+
+def test_from_affine_matches_the_affine_camera_near_the_reference(rng):
+    R = camera.rotation_matrix([0.3, 1.0, 0.2], 0.7)
+    M = np.zeros((2, 4))
+    M[:, :3] = np.array([[0.12, 0.0], [0.0, 0.11]]) @ R[:2]  # px per mm, no skew
+    M[:, 3] = [300.0, 200.0]
+    X0 = np.array([500.0, -200.0, 1000.0])
+    points = X0 + rng.normal(0, 300, (20, 3))
+    affine_uv = points @ M[:, :3].T + M[:, 3]
+    cam = camera.Camera.from_affine(M, X0, 1e9, [320.0, 180.0])
+    np.testing.assert_allclose(cam.R @ cam.R.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(cam.R) == pytest.approx(1.0)
+    np.testing.assert_allclose(cam.f, [0.12e9, 0.11e9])
+    np.testing.assert_allclose(cam.project(cam.world_to_camera(points)), affine_uv, atol=1e-3)
+    # at a finite distance the reference point still lands exactly on M's pixel
+    near = camera.Camera.from_affine(M, X0, 20000.0, [320.0, 180.0])
+    np.testing.assert_allclose(near.project(near.world_to_camera(X0[None])), [M[:, :3] @ X0 + M[:, 3]],
+                               atol=1e-9)
+    assert near.world_to_camera(X0[None])[0, 2] == pytest.approx(20000.0)
+    # a skewed affine camera: the pinhole keeps everything but the skew term
+    skewed = M.copy()
+    skewed[1, :3] += 0.01 * R[0]
+    cam = camera.Camera.from_affine(skewed, X0, 1e9, [320.0, 180.0])
+    error = cam.project(cam.world_to_camera(points)) - (points @ skewed[:, :3].T + skewed[:, 3])
+    np.testing.assert_allclose(error[:, 0], 0, atol=1e-3)
+    np.testing.assert_allclose(error[:, 1], -0.01 * (points - X0) @ R[0], atol=1e-3)
+    with pytest.raises(ValueError, match="degenerate"):
+        camera.Camera.from_affine(np.zeros((2, 4)), X0, 1e4, [0, 0])
+    with pytest.raises(ValueError, match="distance"):
+        camera.Camera.from_affine(M, X0, -1.0, [0, 0])

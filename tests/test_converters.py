@@ -157,3 +157,87 @@ def test_humaneva_layout_converts_with_fitted_cameras(tmp_path, rng):
         np.testing.assert_allclose(camera.project_pinhole(ex["joints/3d"].numpy(), K),
                                    ex["joints/2d"].numpy(), atol=0.05)
         assert ex["meta/subject"].numpy() == b"S2" and ex["meta/action"].numpy() == b"Walking 1"
+
+
+def _write_matlab_column(path, array):
+    """One number per line in MATLAB (column-major) order, as the KTH release stores arrays."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savetxt(path, np.asarray(array).reshape(-1, order="F"), fmt="%.9g")
+
+
+def _fake_kth(root, rng, frames=3, size=(640, 360)):
+    """``player2/Sequence 1`` in the release layout; poses in metres, affine cameras."""
+    sequence = root / "player2" / "Sequence 1"
+    poses = np.stack([random_pose(rng, root_depth=0.0)[:14] / 1000.0 for _ in range(frames)])
+    A = np.zeros((2, 14, 3, frames))
+    M = np.zeros((2, 4, 3, frames))
+    for c in range(3):
+        R = camera.rotation_matrix([0, 1, 0], 0.8 * c) @ camera.rotation_matrix([1, 0, 0], 0.3)
+        for t in range(frames):
+            scale = rng.uniform(120, 160)  # px per metre: the player is ~250 px tall
+            M[:, :3, c, t] = scale * R[:2]
+            M[:, 3, c, t] = [size[0] / 2 + rng.uniform(-50, 50), size[1] / 2]
+            A[:, :, c, t] = (M[:, :3, c, t] @ poses[t].T) + M[:, 3:, c, t]
+            if (c, t) != (2, 1):  # one missing frame image
+                _jpeg_file(root / "tmp.png", size=size, dots=A[:, :, c, t].T)
+                os.makedirs(sequence / f"Camera {c + 1}", exist_ok=True)
+                os.replace(root / "tmp.png", sequence / f"Camera {c + 1}" / f"{t + 1:05d}.png")
+    _write_matlab_column(sequence / "positions2d.txt", A)
+    _write_matlab_column(sequence / "positions3d.txt", poses.transpose(2, 1, 0))
+    _write_matlab_column(sequence / "cameras.txt", M)
+    return poses, A
+
+
+def test_kth_release_layout_converts(tmp_path, rng):
+    from tf_volpose import skeleton
+    from tf_volpose.data import kth
+    poses, A = _fake_kth(tmp_path / "kth", rng)
+    summary = kth.convert(str(tmp_path / "kth"), str(tmp_path / "out"))
+    assert summary["written"] == {"test": 8} and summary["skipped"] == {"missing or corrupt image": 1}
+    # the default 30 m distance is a close (weak-perspective) approximation of the affine
+    # cameras; far away the equivalent pinhole reproduces them exactly
+    assert 0.05 < summary["max_reprojection_px"] < 3.0
+    far = kth.convert(str(tmp_path / "kth"), str(tmp_path / "out_far"), distance_mm=1e7)
+    assert far["max_reprojection_px"] < 0.05
+    thigh = np.median(np.linalg.norm(poses[:, 2] - poses[:, 1], axis=-1)) * 1000
+    assert summary["median_thigh_mm"] == pytest.approx(thigh)
+    seen = set()
+    for raw in tf.data.TFRecordDataset(str(tmp_path / "out" / "test-00000.tfrecord")):
+        ex = records.parse_example(raw)
+        t, cam = int(ex["meta/frame"].numpy()), ex["meta/camera"].numpy().decode()
+        c = int(cam.split()[-1]) - 1
+        seen.add((t, c))
+        np.testing.assert_allclose(ex["joints/2d"].numpy().reshape(14, 2), A[:, :, c, t].T,
+                                   atol=1e-4)
+        joints = ex["joints/3d"].numpy().reshape(14, 3)
+        # a rigid motion of the world pose, in mm: bone lengths are kept
+        for child, parent in skeleton.KTH14.bones:
+            assert np.linalg.norm(joints[child] - joints[parent]) == pytest.approx(
+                1000 * np.linalg.norm(poses[t, child] - poses[t, parent]), rel=1e-5)
+        assert ex["meta/subject"].numpy() == b"player2" and ex["meta/action"].numpy() == b"Sequence 1"
+        assert (ex["image/width"].numpy(), ex["image/height"].numpy()) == (640, 360)
+    assert (1, 2) not in seen and len(seen) == 8
+    ds = pipeline.make_dataset(str(tmp_path / "out" / "test-*"), training=False, batch_size=8,
+                               input_size=64, xy_res=16, joint_set="kth14")
+    inputs, targets = next(iter(ds))
+    voxels = targets["joints_voxel"].numpy()
+    assert voxels.shape == (8, 14, 3) and (voxels[..., :2] > 0).all() and (voxels[..., :2] < 16).all()
+    image = inputs["image"].numpy()[0].mean(-1)
+    for x, y in voxels[0, :, :2] * 4:  # the drawn joint dots are where the targets say
+        assert image[min(int(y), 63), min(int(x), 63)] > 0.5
+
+
+def test_kth_bad_files_name_the_problem(tmp_path, rng):
+    from tf_volpose.data import kth
+    _fake_kth(tmp_path / "kth", rng)
+    with pytest.raises(h36m.ConversionError, match="missing or corrupt frame .*Camera 3.*00002.png"):
+        kth.convert(str(tmp_path / "kth"), str(tmp_path / "out"), strict=True)
+    assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tfrecord")]
+    with open(tmp_path / "kth" / "player2" / "Sequence 1" / "cameras.txt", "a") as f:
+        f.write("1.0\n")
+    with pytest.raises(h36m.ConversionError, match="cameras.txt: .* not a multiple of 2x4x3"):
+        kth.convert(str(tmp_path / "kth"), str(tmp_path / "out2"))
+    with pytest.raises(h36m.ConversionError, match="no KTH sequence"):
+        kth.convert(str(tmp_path / "empty"), str(tmp_path / "out3"))
+    with pytest.raises(ValueError, match="units_to_mm"):
+        kth.convert(str(tmp_path / "kth"), str(tmp_path / "out4"), units_to_mm=0)

@@ -35,6 +35,59 @@ def test_residual_layer_config_and_shape():
         hourglass.Residual(1)
 
 
+def _random_statistics(layer, rng):
+    """Non-trivial gamma, beta and moving statistics for every batch norm under ``layer``."""
+    for w in layer.weights:
+        if "variance" in w.path or "gamma" in w.path:
+            w.assign(rng.uniform(0.5, 1.5, w.shape).astype(np.float32))
+        elif "moving_mean" in w.path or "beta" in w.path:
+            w.assign(rng.normal(0, 1, w.shape).astype(np.float32))
+
+
+def test_batch_norm_matches_keras_and_updates_unbiased_variance(rng):
+    x = tf.constant(rng.normal(1.0, 3.0, (4, 8, 8, 5)).astype(np.float32))
+    ours, reference = hourglass.BatchNorm(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    ours.build(x.shape)
+    reference.build(x.shape)
+    np.testing.assert_allclose(ours(x, training=True), reference(x, training=True), atol=2e-5)
+    n = 4 * 8 * 8
+    batch_mean = x.numpy().reshape(n, 5).mean(0)
+    biased = x.numpy().reshape(n, 5).var(0)
+    np.testing.assert_allclose(ours.moving_mean, 0.1 * batch_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.moving_variance, 0.9 + 0.1 * biased * n / (n - 1), rtol=1e-5)
+    np.testing.assert_allclose(reference.moving_variance, 0.9 + 0.1 * biased, rtol=1e-5)
+    _random_statistics(ours, rng)
+    scale = ours.gamma.numpy() / np.sqrt(ours.moving_variance.numpy() + ours.epsilon)
+    expected = (x.numpy() - ours.moving_mean.numpy()) * scale + ours.beta.numpy()
+    np.testing.assert_allclose(ours(x, training=False), expected, atol=1e-4)
+    s, t = ours.inference_affine()
+    np.testing.assert_allclose(x.numpy() * s.numpy() + t.numpy(), expected, atol=1e-4)
+    # other ranks fall back to Keras; reduced precision stays in its compute dtype
+    flat = tf.constant(rng.normal(0, 1, (6, 5)).astype(np.float32))
+    np.testing.assert_allclose(hourglass.BatchNorm()(flat, training=True),
+                               keras.layers.BatchNormalization()(flat, training=True), atol=1e-5)
+    low = hourglass.BatchNorm(dtype="mixed_bfloat16")
+    assert low(tf.cast(x, tf.bfloat16), training=True).dtype == tf.bfloat16
+
+
+def test_residual_folded_inference_equals_the_unfolded_block(rng):
+    layer = hourglass.Residual(32)
+    x = tf.constant(rng.normal(0, 1, (2, 8, 8, 12)).astype(np.float32))
+    layer(x)
+    _random_statistics(layer, rng)
+
+    def bn(norm, y):  # the textbook inference formula, not the layer's code
+        return ((y - norm.moving_mean.numpy()) / np.sqrt(norm.moving_variance.numpy() + 1e-3)
+                * norm.gamma.numpy() + norm.beta.numpy())
+
+    relu = lambda y: np.maximum(y, 0.0)  # noqa: E731
+    y = layer.conv1(relu(bn(layer.bn1, x.numpy())))
+    y = layer.conv2(relu(bn(layer.bn2, y.numpy())))
+    y = layer.conv3(relu(bn(layer.bn3, y.numpy()))).numpy() + layer.skip(x).numpy()
+    np.testing.assert_allclose(layer(x, training=False), y, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(layer(x), y, atol=1e-4, rtol=1e-4)  # training=None is inference
+
+
 @pytest.mark.parametrize("backbone", hourglass.BACKBONES)
 def test_volumetric_model(rng, tmp_path, backbone):
     depths = (1, 4)

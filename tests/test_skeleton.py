@@ -52,3 +52,14 @@ def test_unknown_joint_set_raises():
         skeleton.get_joint_set("nope")
     with pytest.raises(ValueError, match="joints"):
         skeleton.convert_joints(np.zeros((5, 2)), skeleton.H36M17, skeleton.MPII16)
+
+
+def test_kth_order_and_mapping_from_h36m():
+    kth = skeleton.KTH14
+    assert kth.joint_names[0] == "r_ankle" and kth.joint_names[13] == "head"
+    assert kth.joint_names[kth.root] == "neck"
+    pairs = dict((t, s) for s, t in skeleton.joint_mapping(skeleton.H36M17, kth))
+    assert len(pairs) == 14  # every KTH joint has an H36M counterpart
+    assert pairs[0] == 3 and pairs[6] == 16 and pairs[11] == 13  # r_ankle, r_wrist, l_wrist
+    # the PCP groups of Table 7 pair each side with itself
+    assert kth.limbs["upper_legs"] == ((3, 4), (2, 1))

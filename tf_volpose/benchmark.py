@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import cv2
@@ -213,3 +214,60 @@ def serving_speed(export_dir, image_bytes, box, requests=50, clients=4, port=Non
             "grpc_p50_ms": p(remote, 50), "grpc_p99_ms": p(remote, 99),
             "grpc_overhead_p50": p(remote, 50) / p(local, 50) - 1.0,
             "concurrent_clients": clients, "concurrent_img_per_s": throughput}
+
+
+def _record_requests(file_pattern, max_images):
+    """``(image_bytes (N,), box (N, 4) x, y, w, h)`` from records, for serving benchmarks."""
+    images, boxes = [], []
+    for raw in tf.data.TFRecordDataset(pipeline.list_files(file_pattern)).take(max_images):
+        ex = records.parse_example(raw)
+        side = 200.0 * float(ex["box/scale"].numpy())
+        cx, cy = ex["box/center"].numpy()
+        images.append(ex["image/encoded"].numpy())
+        boxes.append([cx - side / 2, cy - side / 2, side, side])
+    if not images:
+        raise ValueError(f"no records match {file_pattern!r}")
+    return images, np.asarray(boxes, np.float32)
+
+
+def export_precision_speed(model, config, bone_lengths, file_pattern, batch_size=8,
+                           max_images=200, repeats=3):
+    """fp32 vs bf16 SavedModel exports of ``model`` on real requests from records.
+
+    Both exports are written to a temporary directory and called through
+    ``serving_default`` (decode, crop, network, decoding, lifting), in batches
+    of ``batch_size`` over up to ``max_images`` records. Returns throughput
+    (best of ``repeats`` passes) and the distance between the two exports'
+    ``joints_3d_mm`` (mm; absolute and root-relative, per joint).
+    """
+    from tf_volpose import export, skeleton
+    images, boxes = _record_requests(file_pattern, max_images)
+    root = skeleton.get_joint_set(config.joint_set).root
+    result = {"images": len(images), "batch_size": batch_size}
+    joints = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in export.PRECISIONS:
+            path = export.export_saved_model(model, config, os.path.join(tmp, precision),
+                                             bone_lengths, precision=precision)
+            fn = tf.saved_model.load(path).signatures["serving_default"]
+            batches = [(tf.constant(images[i:i + batch_size]),
+                        tf.constant(boxes[i:i + batch_size]))
+                       for i in range(0, len(images), batch_size)]
+            fn(image_bytes=batches[0][0], box=batches[0][1])  # trace and warm up
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                out = [fn(image_bytes=im, box=bx)["joints_3d_mm"].numpy() for im, bx in batches]
+                best = min(best, time.perf_counter() - start)
+            joints[precision] = np.concatenate(out)
+            result[f"{precision}_img_per_s"] = len(images) / best
+    result["bf16_speedup"] = result["bf16_img_per_s"] / result["fp32_img_per_s"]
+    absolute = np.linalg.norm(joints["bf16"] - joints["fp32"], axis=-1)
+    relative = np.linalg.norm((joints["bf16"] - joints["bf16"][:, root:root + 1])
+                              - (joints["fp32"] - joints["fp32"][:, root:root + 1]), axis=-1)
+    for name, d in (("abs", absolute), ("root_relative", relative)):
+        result[f"joint_diff_{name}_mm"] = {"mean": float(d.mean()), "median": float(np.median(d)),
+                                           "p95": float(np.percentile(d, 95)),
+                                           "max": float(d.max()),
+                                           "within_1mm": float((d <= 1.0).mean())}
+    return result

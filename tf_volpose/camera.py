@@ -205,6 +205,43 @@ class Camera:
         return cls(R=R, T=center, f=[K[0, 0], K[1, 1]], c=[K[0, 2], K[1, 2]])
 
     @classmethod
+    def from_affine(cls, M, reference_point, distance, principal_point):
+        """The pinhole camera equivalent to an affine camera near ``reference_point``.
+
+        For datasets whose cameras are affine (scaled orthographic), e.g. KTH
+        Football II's ``2x4`` matrices with ``uv = M @ [X, 1]``. Writing
+        ``M[:, :3] = L @ [r1; r2]`` (``L`` lower triangular, ``r1, r2``
+        orthonormal rows, ``r3 = r1 x r2``), the returned camera has rotation
+        ``[r1; r2; r3]``, focal ``diag(L) * distance`` and puts
+        ``reference_point`` at depth ``distance`` on the same pixel as ``M``.
+        Near that point (depth offsets small against ``distance``) its
+        projection equals ``M``'s up to the skew ``L[1, 0]``, which it drops.
+
+        Args:
+          M: (2, 4) affine camera, world mm -> px.
+          reference_point: (3,) world mm, e.g. the person's centre.
+          distance: depth given to ``reference_point``, mm (> 0).
+          principal_point: (2,) px, e.g. the image centre.
+        """
+        M = _checks.as_array("M", M, shape=(2, 4))
+        X0 = _checks.as_array("reference_point", reference_point, shape=(3,))
+        c = _checks.as_array("principal_point", principal_point, shape=(2,))
+        _checks.positive("distance", distance)
+        a1, a2 = M[0, :3], M[1, :3]
+        scale_u = np.linalg.norm(a1)
+        r1 = a1 / max(scale_u, 1e-12)
+        a2_perp = a2 - (a2 @ r1) * r1
+        scale_v = np.linalg.norm(a2_perp)
+        if scale_u < 1e-9 or scale_v < 1e-6 * scale_u:
+            raise ValueError(f"M is degenerate (rank < 2 in its 3x2 part): {M.tolist()}")
+        r2 = a2_perp / scale_v
+        R = np.stack([r1, r2, np.cross(r1, r2)])
+        f = np.array([scale_u, scale_v]) * float(distance)
+        uv0 = M[:, :3] @ X0 + M[:, 3]
+        in_camera = np.array([*((uv0 - c) * float(distance) / f), float(distance)])
+        return cls(R=R, T=X0 - R.T @ in_camera, f=f, c=c)
+
+    @classmethod
     def from_h36m(cls, subject, camera_id):
         """The official calibration of a Human3.6M camera, e.g. ``("S9", "54138969")``."""
         table = h36m_camera_table()

@@ -169,7 +169,22 @@ HUMANEVA15 = _joint_set(
     }),
 )
 
-JOINT_SETS = {s.name: s for s in (H36M17, MPII16, HUMANEVA15)}
+# KTH Football II 14 joints in the dataset's order (the LSP order; "neck" is its
+# "bottom head", "head" its "top head"). It has no pelvis, so the tree hangs from
+# the neck and the torso sides (shoulder -> hip) stand in for the spine.
+KTH14 = _joint_set(
+    "kth14",
+    ["r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "r_wrist", "r_elbow",
+     "r_shoulder", "l_shoulder", "l_elbow", "l_wrist", "neck", "head"],
+    ["r_knee", "r_hip", "r_shoulder", "l_shoulder", "l_hip", "l_knee", "r_elbow",
+     "r_shoulder", "neck", "neck", "l_shoulder", "l_elbow", None, "neck"],
+    _limbs({
+        "torso": [("l_shoulder", "l_hip"), ("r_shoulder", "r_hip")],
+        "head": [("neck", "head")],
+    }),
+)
+
+JOINT_SETS = {s.name: s for s in (H36M17, MPII16, HUMANEVA15, KTH14)}
 
 
 def get_joint_set(name: str) -> JointSet:

@@ -2,6 +2,7 @@
 
     python tools/benchmark.py --sections=model,loss,pipeline,serving --output_json=bench.json
     python tools/benchmark.py --sections=model --backbone=hg --depths=1,2,4,64 --batch_size=4
+    python tools/benchmark.py --sections=export --checkpoint=runs/synthetic   # fp32 vs bf16 export
 
 Prints a table per section and writes all numbers as JSON. Numbers depend on the
 machine: run the baseline in the same session before comparing.
@@ -13,10 +14,11 @@ import tempfile
 
 from absl import app, flags
 
-from tf_volpose import benchmark, export, training
+from tf_volpose import benchmark, evaluation, export, skeleton, training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("sections", ["model", "loss", "pipeline"], "model, loss, pipeline, serving.")
+flags.DEFINE_list("sections", ["model", "loss", "pipeline"],
+                  "model, loss, pipeline, serving, export.")
 flags.DEFINE_string("backbone", "hg", "Backbone of the benchmarked model.")
 flags.DEFINE_list("depths", ["1", "2", "4", "64"], "Depth resolutions per stack.")
 flags.DEFINE_integer("features", 256, "Hourglass width.")
@@ -27,6 +29,10 @@ flags.DEFINE_integer("repeats", 5, "Timed repetitions (median).")
 flags.DEFINE_integer("pipeline_frames", 64, "1000x1000 JPEG records written for the pipeline section.")
 flags.DEFINE_string("export_dir", None, "Serving section: an exported version directory "
                     "(default: export the benchmarked model, untrained).")
+flags.DEFINE_string("checkpoint", None, "Export section: a trained run (its config.json, "
+                    "checkpoint and validation records); its requests come from --val_pattern.")
+flags.DEFINE_string("val_pattern", None, "Export section: records to send (default: the run's).")
+flags.DEFINE_integer("export_images", 200, "Export section: records sent per pass.")
 flags.DEFINE_string("output_json", None, "Where to write the numbers.")
 
 
@@ -78,6 +84,19 @@ def main(argv):
             image = export.warmup_image(480)
             section = benchmark.serving_speed(export_dir, image, [0.0, 0.0, 480.0, 480.0])
         results["serving"] = section
+        print(json.dumps(section, indent=2))
+    if "export" in FLAGS.sections:
+        if not FLAGS.checkpoint:
+            raise app.UsageError("--sections=export needs --checkpoint (a trained run)")
+        run_config = training.load_config(FLAGS.checkpoint)
+        model, _ = evaluation.load_trained_model(run_config, FLAGS.checkpoint)
+        bone_lengths = evaluation.load_bone_lengths(
+            evaluation.default_bone_lengths_path(run_config),
+            skeleton.get_joint_set(run_config.joint_set))
+        section = benchmark.export_precision_speed(
+            model, run_config, bone_lengths, FLAGS.val_pattern or run_config.val_pattern,
+            FLAGS.batch_size, FLAGS.export_images)
+        results["export"] = section
         print(json.dumps(section, indent=2))
     if FLAGS.output_json:
         with open(FLAGS.output_json, "w") as f:

@@ -13,12 +13,76 @@
 
 :func:`build_backbone` wires stacks onto an image tensor and returns per-stack
 head outputs, so the volumetric, regression and decoupled models share it.
+
+Speed (measured in README, ``tools/benchmark.py``): :class:`BatchNorm` runs
+TensorFlow's fused batch-norm kernel instead of Keras 3's composite ops (which
+also round-trip bfloat16 activations through float32), and :class:`Residual`
+folds its second and third batch norms into the preceding convolutions at
+inference, so a block runs three conv+bias(+ReLU) kernels that oneDNN fuses.
 """
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 BACKBONES = ("hg", "hg-stacked")
+
+
+@keras.saving.register_keras_serializable(package="tf_volpose")
+class BatchNorm(layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` on TensorFlow's fused kernel.
+
+    Same variables, names and inference output as the Keras layer (checkpoints
+    are interchangeable). For ``(B, H, W, C)`` inputs normalised over the last
+    axis it calls ``FusedBatchNormV3``: one pass in the compute dtype with
+    float32 statistics, where Keras 3 upcasts bfloat16/float16 activations to
+    float32 and runs several elementwise ops (forward and backward). Other
+    inputs fall back to the Keras implementation.
+
+    One documented difference in training: the moving variance is updated
+    with the unbiased batch variance (``n / (n - 1)`` times the biased one
+    used for normalisation), as PyTorch and Keras 2 do; Keras 3 uses the
+    biased one. With ``n = B*H*W`` in the thousands this is immaterial.
+    """
+
+    def _fusable(self, inputs, mask):
+        return (mask is None and len(inputs.shape) == 4 and self.axis in (-1, 3)
+                and self.center and self.scale and not self.renorm)
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, self.compute_dtype)
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
+            keep = self.momentum
+            self.moving_mean.assign(self.moving_mean * keep + mean * (1.0 - keep))
+            self.moving_variance.assign(self.moving_variance * keep + variance * (1.0 - keep))
+            return y
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=self.epsilon, is_training=False)
+        return y
+
+    def inference_affine(self):
+        """``(scale, shift)``, float32 ``(C,)``: the layer at inference is ``x * scale + shift``."""
+        scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
+        return scale, self.beta - self.moving_mean * scale
+
+
+def _conv_bn_relu_folded(x, conv, bn):
+    """``relu(bn(conv(x)))`` at inference as one conv with the batch norm folded in.
+
+    ``bn(conv(x)) = conv(x) * s + t = x * (W s) + (b s + t)`` per output
+    channel; the fold costs one pass over the kernel per call, small next to
+    the activations, and keeps the weights trainable and checkpoints unchanged.
+    """
+    scale, shift = bn.inference_affine()
+    kernel = tf.cast(conv.kernel * scale, x.dtype)
+    bias = tf.cast(conv.bias * scale + shift, x.dtype)
+    y = tf.nn.conv2d(x, kernel, strides=1, padding=conv.padding.upper())
+    return tf.nn.relu(tf.nn.bias_add(y, bias))
 
 
 @keras.saving.register_keras_serializable(package="tf_volpose")
@@ -28,7 +92,8 @@ class Residual(layers.Layer):
     Args:
       filters: output channels (the bottleneck uses ``filters // 2``).
 
-    Input ``(B, H, W, C)`` -> output ``(B, H, W, filters)``.
+    Input ``(B, H, W, C)`` -> output ``(B, H, W, filters)``. At inference
+    ``bn2``/``bn3`` are folded into ``conv1``/``conv2`` (same function, fewer passes).
     """
 
     def __init__(self, filters, **kwargs):
@@ -37,11 +102,11 @@ class Residual(layers.Layer):
             raise ValueError(f"filters must be an integer >= 2, got {filters!r}")
         self.filters = int(filters)
         half = self.filters // 2
-        self.bn1 = layers.BatchNormalization(name="bn1")
+        self.bn1 = BatchNorm(name="bn1")
         self.conv1 = layers.Conv2D(half, 1, name="conv1")
-        self.bn2 = layers.BatchNormalization(name="bn2")
+        self.bn2 = BatchNorm(name="bn2")
         self.conv2 = layers.Conv2D(half, 3, padding="same", name="conv2")
-        self.bn3 = layers.BatchNormalization(name="bn3")
+        self.bn3 = BatchNorm(name="bn3")
         self.conv3 = layers.Conv2D(self.filters, 1, name="conv3")
         self.skip = None
 
@@ -60,9 +125,14 @@ class Residual(layers.Layer):
             self.skip.build(input_shape)
 
     def call(self, x, training=None):
-        y = self.conv1(keras.ops.relu(self.bn1(x, training=training)))
-        y = self.conv2(keras.ops.relu(self.bn2(y, training=training)))
-        y = self.conv3(keras.ops.relu(self.bn3(y, training=training)))
+        if training:
+            y = self.conv1(keras.ops.relu(self.bn1(x, training=training)))
+            y = self.conv2(keras.ops.relu(self.bn2(y, training=training)))
+            y = self.conv3(keras.ops.relu(self.bn3(y, training=training)))
+        else:
+            y = _conv_bn_relu_folded(keras.ops.relu(self.bn1(x, training=False)), self.conv1,
+                                     self.bn2)
+            y = self.conv3(_conv_bn_relu_folded(y, self.conv2, self.bn3))
         return y + (self.skip(x) if self.skip is not None else x)
 
     def compute_output_shape(self, input_shape):
@@ -76,7 +146,7 @@ class Residual(layers.Layer):
 
 def _lin(x, filters, name):
     x = layers.Conv2D(filters, 1, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = BatchNorm(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -124,7 +194,7 @@ def stem(image, features, backbone):
     """
     half = features // 2
     x = layers.Conv2D(features // 4, 7, strides=2, padding="same", name="stem_conv")(image)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = BatchNorm(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = Residual(half, name="stem_res1")(x)
     pooled = _pool(x, "stem_pool")

@@ -23,7 +23,7 @@ def build_regression_model(joints=17, backbone="hg", features=256, input_size=25
     _, x = hourglass.build_backbone(image, [None] * stacks, backbone, features, hourglass_depth)
     for i in range(int(math.log2(input_size // 4 // 4))):
         x = layers.Conv2D(features, 3, strides=2, padding="same", name=f"reg_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"reg_bn{i}")(x)
+        x = hourglass.BatchNorm(name=f"reg_bn{i}")(x)
         x = layers.ReLU(name=f"reg_relu{i}")(x)
     x = layers.Flatten(name="reg_flatten")(x)
     x = layers.Dense(3 * joints, name="reg_fc")(x)
