@@ -20,3 +20,22 @@ def test_pipeline_section_on_large_frames(tmp_path):
     pattern = benchmark.write_large_frame_records(str(tmp_path), count=4, size=500)
     result = benchmark.pipeline_speed(pattern, batch_size=2, input_size=64, batches=3)
     assert result["img_per_s"] > 0 and np.isfinite(result["img_per_s"])
+
+
+def test_export_section_compares_fp32_and_bf16_exports(tmp_path):
+    import pytest
+    from tf_volpose.data import synthetic
+    config = training.TrainConfig(features=8, input_size=64, depths=(1, 4), hourglass_depth=2)
+    synthetic.generate(str(tmp_path), num_train=0, num_val=6, seed=3)
+    model = training.build_model(config)
+    result = benchmark.export_precision_speed(model, config, np.full(16, 250.0),
+                                              str(tmp_path / "val-*"), batch_size=4, repeats=1)
+    assert result["images"] == 6 and result["fp32_img_per_s"] > 0
+    assert result["bf16_speedup"] == pytest.approx(result["bf16_img_per_s"]
+                                                   / result["fp32_img_per_s"])
+    for key in ("joint_diff_abs_mm", "joint_diff_root_relative_mm"):
+        d = result[key]
+        assert 0 <= d["median"] <= d["p95"] <= d["max"] and 0 <= d["within_1mm"] <= 1
+    with pytest.raises(ValueError, match="no files match"):
+        benchmark.export_precision_speed(model, config, np.full(16, 250.0),
+                                         str(tmp_path / "none-*"))

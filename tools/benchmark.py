@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 
+import numpy as np
 from absl import app, flags
 
 from tf_volpose import benchmark, evaluation, export, skeleton, training
@@ -74,7 +75,6 @@ def main(argv):
         results["pipeline"] = section
         print(json.dumps(section, indent=2))
     if "serving" in FLAGS.sections:
-        import numpy as np
         with tempfile.TemporaryDirectory() as tmp:
             export_dir = FLAGS.export_dir
             if export_dir is None:
@@ -86,16 +86,23 @@ def main(argv):
         results["serving"] = section
         print(json.dumps(section, indent=2))
     if "export" in FLAGS.sections:
-        if not FLAGS.checkpoint:
-            raise app.UsageError("--sections=export needs --checkpoint (a trained run)")
-        run_config = training.load_config(FLAGS.checkpoint)
-        model, _ = evaluation.load_trained_model(run_config, FLAGS.checkpoint)
-        bone_lengths = evaluation.load_bone_lengths(
-            evaluation.default_bone_lengths_path(run_config),
-            skeleton.get_joint_set(run_config.joint_set))
+        if FLAGS.checkpoint:
+            run_config = training.load_config(FLAGS.checkpoint)
+            model, _ = evaluation.load_trained_model(run_config, FLAGS.checkpoint)
+            bone_lengths = evaluation.load_bone_lengths(
+                evaluation.default_bone_lengths_path(run_config),
+                skeleton.get_joint_set(run_config.joint_set))
+        elif FLAGS.val_pattern:  # the benchmarked model, untrained: its speed only
+            run_config, model = config, training.build_model(config)
+            bone_lengths = np.full(len(skeleton.get_joint_set(config.joint_set).bones), 250.0)
+        else:
+            raise app.UsageError("--sections=export needs --checkpoint (a trained run) or "
+                                 "--val_pattern (records; the benchmarked model is then "
+                                 "exported untrained, for speed only)")
         section = benchmark.export_precision_speed(
             model, run_config, bone_lengths, FLAGS.val_pattern or run_config.val_pattern,
             FLAGS.batch_size, FLAGS.export_images)
+        section["trained"] = bool(FLAGS.checkpoint)
         results["export"] = section
         print(json.dumps(section, indent=2))
     if FLAGS.output_json:
