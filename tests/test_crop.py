@@ -74,3 +74,12 @@ def test_bad_box_raises():
         crop.crop_transform([0, np.nan], 1.0, 64)
     with pytest.raises(ValueError, match="w"):
         crop.box_from_xywh(0, 0, 0, 10)
+
+
+def test_xywh_from_box_inverts_box_from_xywh_for_squares():
+    center, scale = crop.box_from_xywh(30.0, 40.0, 100.0, 100.0)
+    np.testing.assert_allclose(crop.xywh_from_box(center, scale), [30.0, 40.0, 100.0, 100.0])
+    # by hand: centre (50, 60), side 200 * 0.25 = 50 px
+    np.testing.assert_allclose(crop.xywh_from_box([50.0, 60.0], 0.25), [25.0, 35.0, 50.0, 50.0])
+    with pytest.raises(ValueError, match="scale"):
+        crop.xywh_from_box([0.0, 0.0], -1.0)

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import losses, training
+from tf_volpose import crop, losses, training
 from tf_volpose.data import pipeline, records, synthetic
 
 
@@ -221,12 +221,8 @@ def _record_requests(file_pattern, max_images):
     images, boxes = [], []
     for raw in tf.data.TFRecordDataset(pipeline.list_files(file_pattern)).take(max_images):
         ex = records.parse_example(raw)
-        side = 200.0 * float(ex["box/scale"].numpy())
-        cx, cy = ex["box/center"].numpy()
         images.append(ex["image/encoded"].numpy())
-        boxes.append([cx - side / 2, cy - side / 2, side, side])
-    if not images:
-        raise ValueError(f"no records match {file_pattern!r}")
+        boxes.append(crop.xywh_from_box(ex["box/center"].numpy(), float(ex["box/scale"].numpy())))
     return images, np.asarray(boxes, np.float32)
 
 

@@ -34,6 +34,14 @@ def box_from_xywh(x, y, w, h, padding=1.0):
     return center, padding * max(w, h) / BOX_SIZE_PX
 
 
+def xywh_from_box(center, scale):
+    """The square ``(x, y, w, h)`` rectangle of a ``(center, scale)`` box (inverse of
+    :func:`box_from_xywh` for square rectangles)."""
+    center = _checks.as_array("center", center, shape=(2,))
+    side = _checks.positive("scale", scale) * BOX_SIZE_PX
+    return np.array([center[0] - side / 2.0, center[1] - side / 2.0, side, side])
+
+
 def crop_transform(center, scale, out_size, rotation_deg=0.0, flip=False):
     """3x3 matrix from image px to continuous crop coordinates.
 

@@ -37,6 +37,11 @@ flags.DEFINE_integer("export_images", 200, "Export section: records sent per pas
 flags.DEFINE_string("output_json", None, "Where to write the numbers.")
 
 
+def _placeholder_bone_lengths(config):
+    """250 mm per bone: enough to export an untrained model for speed measurements."""
+    return np.full(len(skeleton.get_joint_set(config.joint_set).bones), 250.0)
+
+
 def main(argv):
     del argv
     config = training.TrainConfig(backbone=FLAGS.backbone, depths=tuple(map(int, FLAGS.depths)),
@@ -80,7 +85,7 @@ def main(argv):
             if export_dir is None:
                 model = training.build_model(config)
                 export_dir = export.export_saved_model(model, config, os.path.join(tmp, "volpose"),
-                                                       np.full(16, 250.0))
+                                                       _placeholder_bone_lengths(config))
             image = export.warmup_image(480)
             section = benchmark.serving_speed(export_dir, image, [0.0, 0.0, 480.0, 480.0])
         results["serving"] = section
@@ -94,7 +99,7 @@ def main(argv):
                 skeleton.get_joint_set(run_config.joint_set))
         elif FLAGS.val_pattern:  # the benchmarked model, untrained: its speed only
             run_config, model = config, training.build_model(config)
-            bone_lengths = np.full(len(skeleton.get_joint_set(config.joint_set).bones), 250.0)
+            bone_lengths = _placeholder_bone_lengths(config)
         else:
             raise app.UsageError("--sections=export needs --checkpoint (a trained run) or "
                                  "--val_pattern (records; the benchmarked model is then "

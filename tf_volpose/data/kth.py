@@ -27,13 +27,14 @@ import os
 import cv2
 import numpy as np
 
-from tf_volpose import camera, crop
+from tf_volpose import camera, crop, skeleton
 from tf_volpose.data import records
 from tf_volpose.data.h36m import ConversionError
 
 NUM_JOINTS = 14
 NUM_CAMERAS = 3
 CAMERA_DIRS = tuple(f"Camera {c}" for c in range(1, NUM_CAMERAS + 1))
+R_HIP, R_KNEE = (skeleton.KTH14.joint_names.index(n) for n in ("r_hip", "r_knee"))
 
 
 def _read_matlab_array(path, leading_shape):
@@ -80,6 +81,8 @@ def _as_jpeg(path):
     if image is None:
         raise OSError(f"cannot decode {path}")
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise OSError(f"cannot re-encode {path} as JPEG")
     return data.tobytes(), image.shape[0], image.shape[1]
 
 
@@ -112,7 +115,7 @@ def convert(kth_root, output_dir, split="test", units_to_mm=1000.0, distance_mm=
                 if not np.isfinite(pose).all():
                     skipped["non-finite joints"] += 1
                     continue
-                thighs.append(np.linalg.norm(pose[2] - pose[1]))
+                thighs.append(np.linalg.norm(pose[R_HIP] - pose[R_KNEE]))
                 for c in range(NUM_CAMERAS):
                     path = frame_path(sequence_dir, c, t)
                     try:
