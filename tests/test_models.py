@@ -70,6 +70,49 @@ def test_batch_norm_matches_keras_and_updates_unbiased_variance(rng):
     assert low(tf.cast(x, tf.bfloat16), training=True).dtype == tf.bfloat16
 
 
+@pytest.mark.parametrize("kernel,padding", [(1, "valid"), (3, "same"), (3, "valid"), (2, "same")])
+def test_conv_training_gradients_equal_keras_autodiff(rng, kernel, padding):
+    x = tf.constant(rng.normal(0, 1, (2, 7, 6, 5)).astype(np.float32))
+    ours = hourglass.Conv2D(4, kernel, padding=padding, activation="relu")
+    reference = keras.layers.Conv2D(4, kernel, padding=padding, activation="relu")
+    ours.build(x.shape)
+    reference.build(x.shape)
+    assert [w.path.split("/")[-1] for w in ours.weights] == ["kernel", "bias"]  # checkpoints
+    for w, v in zip(ours.weights, reference.weights):
+        w.assign(rng.normal(0, 1, w.shape).astype(np.float32))
+        v.assign(w)
+    upstream = tf.constant(rng.normal(0, 1, reference(x).shape).astype(np.float32))
+    results = []
+    for layer in (ours, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+        results.append([y] + tape.gradient(y, [x] + layer.weights, output_gradients=upstream))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours(x), reference(x), rtol=1e-5, atol=1e-5)  # inference path
+    clone = model_helper.check_layer_config_round_trip(ours)
+    assert isinstance(clone, hourglass.Conv2D) and clone.kernel_size == (kernel, kernel)
+
+
+def test_conv_falls_back_to_keras_for_strides_and_bf16_keeps_its_dtype(rng):
+    x = tf.constant(rng.normal(0, 1, (1, 8, 8, 3)).astype(np.float32))
+    strided = hourglass.Conv2D(4, 3, strides=2, padding="same")
+    reference = keras.layers.Conv2D(4, 3, strides=2, padding="same")
+    strided.build(x.shape)
+    reference.build(x.shape)
+    for w, v in zip(strided.weights, reference.weights):
+        v.assign(w)
+    np.testing.assert_allclose(strided(x, training=True), reference(x, training=True), atol=1e-5)
+    low = hourglass.Conv2D(4, 1, dtype="mixed_bfloat16")
+    with tf.GradientTape() as tape:
+        y = low(tf.cast(x, tf.bfloat16), training=True)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32))
+    assert y.dtype == tf.bfloat16
+    grads = tape.gradient(loss, low.trainable_weights)
+    assert all(g.dtype == tf.float32 for g in grads)  # float32 variables get float32 gradients
+
+
 def test_residual_folded_inference_equals_the_unfolded_block(rng):
     layer = hourglass.Residual(32)
     x = tf.constant(rng.normal(0, 1, (2, 8, 8, 12)).astype(np.float32))

@@ -16,9 +16,10 @@ head outputs, so the volumetric, regression and decoupled models share it.
 
 Speed (measured in README, ``tools/benchmark.py``): :class:`BatchNorm` runs
 TensorFlow's fused batch-norm kernel instead of Keras 3's composite ops (which
-also round-trip bfloat16 activations through float32), and :class:`Residual`
+also round-trip bfloat16 activations through float32), :class:`Residual`
 folds its second and third batch norms into the preceding convolutions at
-inference, so a block runs three conv+bias(+ReLU) kernels that oneDNN fuses.
+inference, so a block runs three conv+bias(+ReLU) kernels that oneDNN fuses,
+and :class:`Conv2D` computes its training gradients with faster kernels.
 """
 
 import keras
@@ -54,11 +55,13 @@ class BatchNorm(layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, self.compute_dtype)
         if training and self.trainable:
-            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
-            keep = self.momentum
-            self.moving_mean.assign(self.moving_mean * keep + mean * (1.0 - keep))
-            self.moving_variance.assign(self.moving_variance * keep + variance * (1.0 - keep))
+            # the kernel also updates the moving statistics (one op instead of six)
+            y, moving_mean, moving_variance = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, is_training=True,
+                exponential_avg_factor=1.0 - self.momentum)
+            self.moving_mean.assign(moving_mean)
+            self.moving_variance.assign(moving_variance)
             return y
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
             x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
@@ -69,6 +72,71 @@ class BatchNorm(layers.BatchNormalization):
         """``(scale, shift)``, float32 ``(C,)``: the layer at inference is ``x * scale + shift``."""
         scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
         return scale, self.beta - self.moving_mean * scale
+
+
+def _conv2d_with_fast_gradients(x, kernel, bias, padding):
+    """``conv2d(x, kernel) + bias`` (stride 1, NHWC) with cheaper gradients.
+
+    The gradients are the textbook ones, computed with kernels that run faster
+    on oneDNN CPUs than what autodiff plus grappler produce (measured in the
+    README): 1x1 convolutions are matrix products, so both the input and the
+    kernel gradient are plain matmuls over ``B*H*W`` rows; larger kernels call
+    ``Conv2DBackpropFilter``/``Conv2DBackpropInput`` directly; the bias
+    gradient is a separate ``(1, N) x (N, C)`` product rather than grappler's
+    fused ``Conv2DBackpropFilterWithBias`` kernel, which is up to 1.5x slower
+    than the filter gradient alone here. All ops have XLA kernels.
+    """
+
+    @tf.custom_gradient
+    def conv(x, kernel, bias):
+        y = tf.nn.bias_add(tf.nn.conv2d(x, kernel, strides=1, padding=padding), bias)
+
+        def grad(dy):
+            kh, kw, cin, cout = kernel.shape
+            dy_rows = tf.reshape(dy, [-1, cout])
+            # a (1, N) x (N, C) product sums the rows faster than reduce_sum here
+            dbias = tf.matmul(tf.ones([1, tf.shape(dy_rows)[0]], dy.dtype), dy_rows)[0]
+            if kh == 1 and kw == 1:
+                rows = tf.reshape(x, [-1, cin])
+                dkernel = tf.reshape(tf.matmul(rows, dy_rows, transpose_a=True), kernel.shape)
+                dx = tf.matmul(dy_rows, tf.reshape(kernel, [cin, cout]), transpose_b=True)
+                dx = tf.reshape(dx, tf.shape(x))
+            else:
+                dkernel = tf.raw_ops.Conv2DBackpropFilter(
+                    input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
+                    strides=[1, 1, 1, 1], padding=padding)
+                dx = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
+                    strides=[1, 1, 1, 1], padding=padding)
+            return dx, dkernel, dbias
+
+        return y, grad
+
+    return conv(x, kernel, bias)
+
+
+@keras.saving.register_keras_serializable(package="tf_volpose")
+class Conv2D(layers.Conv2D):
+    """``keras.layers.Conv2D`` whose training gradients run faster on CPU.
+
+    Same variables, names, config and forward output as the Keras layer
+    (checkpoints are interchangeable). Stride-1, undilated, ungrouped NHWC
+    convolutions with a bias use :func:`_conv2d_with_fast_gradients`; any
+    other configuration is the Keras layer unchanged.
+    """
+
+    def _fast(self):
+        return (self.use_bias and self.groups == 1 and self.data_format == "channels_last"
+                and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1))
+
+    def call(self, inputs, training=None):
+        # inference keeps the plain graph, which grappler fuses with the next ops
+        if not training or not self._fast():
+            return super().call(inputs)
+        y = _conv2d_with_fast_gradients(
+            tf.cast(inputs, self.compute_dtype), tf.cast(self.kernel, self.compute_dtype),
+            tf.cast(self.bias, self.compute_dtype), self.padding.upper())
+        return self.activation(y) if self.activation is not None else y
 
 
 def _conv_bn_relu_folded(x, conv, bn):
@@ -103,11 +171,11 @@ class Residual(layers.Layer):
         self.filters = int(filters)
         half = self.filters // 2
         self.bn1 = BatchNorm(name="bn1")
-        self.conv1 = layers.Conv2D(half, 1, name="conv1")
+        self.conv1 = Conv2D(half, 1, name="conv1")
         self.bn2 = BatchNorm(name="bn2")
-        self.conv2 = layers.Conv2D(half, 3, padding="same", name="conv2")
+        self.conv2 = Conv2D(half, 3, padding="same", name="conv2")
         self.bn3 = BatchNorm(name="bn3")
-        self.conv3 = layers.Conv2D(self.filters, 1, name="conv3")
+        self.conv3 = Conv2D(self.filters, 1, name="conv3")
         self.skip = None
 
     def build(self, input_shape):
@@ -121,7 +189,7 @@ class Residual(layers.Layer):
         self.bn3.build(input_shape[:-1] + (half,))
         self.conv3.build(input_shape[:-1] + (half,))
         if channels != self.filters:
-            self.skip = layers.Conv2D(self.filters, 1, name="skip")
+            self.skip = Conv2D(self.filters, 1, name="skip")
             self.skip.build(input_shape)
 
     def call(self, x, training=None):
@@ -145,7 +213,7 @@ class Residual(layers.Layer):
 
 
 def _lin(x, filters, name):
-    x = layers.Conv2D(filters, 1, name=f"{name}_conv")(x)
+    x = Conv2D(filters, 1, name=f"{name}_conv")(x)
     x = BatchNorm(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -193,7 +261,7 @@ def stem(image, features, backbone):
     ``features/2``-channel map (``hg-stacked`` fuses it into stack 1).
     """
     half = features // 2
-    x = layers.Conv2D(features // 4, 7, strides=2, padding="same", name="stem_conv")(image)
+    x = Conv2D(features // 4, 7, strides=2, padding="same", name="stem_conv")(image)
     x = BatchNorm(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = Residual(half, name="stem_res1")(x)
@@ -250,19 +318,19 @@ def stack_hourglasses(x, previous, head_channels, backbone, features, hourglass_
             lin = _lin(y, features, f"{name}_lin2")
         head = None
         if channels is not None:
-            head = layers.Conv2D(channels, 1, name=f"{name}_head")(lin)
+            head = Conv2D(channels, 1, name=f"{name}_head")(lin)
         heads.append(head)
         if i == len(head_channels) - 1:
             break
         if backbone == "hg":
-            parts = [x, layers.Conv2D(features, 1, name=f"{name}_fuse_features")(lin)]
+            parts = [x, Conv2D(features, 1, name=f"{name}_fuse_features")(lin)]
             width = features
         else:
             cat = layers.Concatenate(name=f"{name}_concat")([lin, previous])
             width = cat.shape[-1]
-            parts = [layers.Conv2D(width, 1, name=f"{name}_fuse_features")(cat)]
+            parts = [Conv2D(width, 1, name=f"{name}_fuse_features")(cat)]
             previous = lin
         if head is not None:
-            parts.append(layers.Conv2D(width, 1, name=f"{name}_fuse_heatmaps")(head))
+            parts.append(Conv2D(width, 1, name=f"{name}_fuse_heatmaps")(head))
         x = layers.Add(name=f"{name}_fuse")(parts) if len(parts) > 1 else parts[0]
     return heads, lin
