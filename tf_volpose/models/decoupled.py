@@ -30,7 +30,7 @@ def build_lifting_network(joints=17, depths=(64,), backbone="hg", features=256, 
         raise ValueError(f"heatmap_size must be a multiple of {2 ** hourglass_depth}, "
                          f"got {heatmap_size!r}")
     heatmaps = keras.Input((heatmap_size, heatmap_size, joints), name="heatmaps")
-    x = layers.Conv2D(features, 1, name="b_in_conv")(heatmaps)
+    x = hourglass.Conv2D(features, 1, name="b_in_conv")(heatmaps)
     x = hourglass.Residual(features, name="b_in_res")(x)
     heads, _ = hourglass.stack_hourglasses(x, x, [joints * d for d in depths], backbone, features,
                                            hourglass_depth, name_prefix="b_")
