@@ -1,8 +1,10 @@
+import dataclasses
 import json
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tf_volpose import camera, crop, evaluation, metrics, training, volume
 from tf_volpose.data import synthetic
@@ -58,6 +60,17 @@ def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
         assert data["pa_mpjpe_mm"]["Average"]["mean"] <= data["mpjpe_mm"]["Average"]["mean"] + 1e-6
     with pytest.raises(ValueError, match="checkpoint"):
         evaluation.evaluate(config, evaluation.EvalOptions(), checkpoint=str(tmp_path / "none"))
+    # a checkpoint with weights the model lacks (here: a run with convolution biases
+    # restored into a model without) is refused, not silently half-used
+    biased = dataclasses.replace(config, conv_bias=True)
+    model = training.build_model(biased)
+    checkpoint = tf.train.Checkpoint(model=model,
+                                     weights_by_name={w.path: w for w in model.weights})
+    saved = checkpoint.save(str(tmp_path / "biased" / "ckpt"))
+    with pytest.raises(ValueError, match=r"weights the model of this config lacks.*conv_bias=True"):
+        evaluation.load_trained_model(config, saved)
+    restored, _ = evaluation.load_trained_model(biased, saved)
+    assert training.weights_digest(restored) == training.weights_digest(model)
 
 
 def test_table_arithmetic_on_hand_made_predictions():

@@ -70,14 +70,18 @@ def test_batch_norm_matches_keras_and_updates_unbiased_variance(rng):
     assert low(tf.cast(x, tf.bfloat16), training=True).dtype == tf.bfloat16
 
 
-@pytest.mark.parametrize("kernel,padding", [(1, "valid"), (3, "same"), (3, "valid"), (2, "same")])
-def test_conv_training_gradients_equal_keras_autodiff(rng, kernel, padding):
+@pytest.mark.parametrize("kernel,padding,use_bias", [
+    (1, "valid", True), (3, "same", True), (3, "valid", True), (2, "same", True),
+    (1, "valid", False), (3, "same", False)])
+def test_conv_training_gradients_equal_keras_autodiff(rng, kernel, padding, use_bias):
     x = tf.constant(rng.normal(0, 1, (2, 7, 6, 5)).astype(np.float32))
-    ours = hourglass.Conv2D(4, kernel, padding=padding, activation="relu")
-    reference = keras.layers.Conv2D(4, kernel, padding=padding, activation="relu")
+    ours = hourglass.Conv2D(4, kernel, padding=padding, activation="relu", use_bias=use_bias)
+    reference = keras.layers.Conv2D(4, kernel, padding=padding, activation="relu",
+                                    use_bias=use_bias)
     ours.build(x.shape)
     reference.build(x.shape)
-    assert [w.path.split("/")[-1] for w in ours.weights] == ["kernel", "bias"]  # checkpoints
+    names = ["kernel", "bias"] if use_bias else ["kernel"]
+    assert [w.path.split("/")[-1] for w in ours.weights] == names  # checkpoints
     for w, v in zip(ours.weights, reference.weights):
         w.assign(rng.normal(0, 1, w.shape).astype(np.float32))
         v.assign(w)
@@ -113,8 +117,9 @@ def test_conv_falls_back_to_keras_for_strides_and_bf16_keeps_its_dtype(rng):
     assert all(g.dtype == tf.float32 for g in grads)  # float32 variables get float32 gradients
 
 
-def test_residual_folded_inference_equals_the_unfolded_block(rng):
-    layer = hourglass.Residual(32)
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_residual_folded_inference_equals_the_unfolded_block(rng, conv_bias):
+    layer = hourglass.Residual(32, conv_bias)
     x = tf.constant(rng.normal(0, 1, (2, 8, 8, 12)).astype(np.float32))
     layer(x)
     _random_statistics(layer, rng)
@@ -129,6 +134,35 @@ def test_residual_folded_inference_equals_the_unfolded_block(rng):
     y = layer.conv3(relu(bn(layer.bn3, y.numpy()))).numpy() + layer.skip(x).numpy()
     np.testing.assert_allclose(layer(x, training=False), y, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(layer(x), y, atol=1e-4, rtol=1e-4)  # training=None is inference
+    assert all((conv.bias is not None) == conv_bias
+               for conv in (layer.conv1, layer.conv2, layer.conv3, layer.skip))
+    assert model_helper.check_layer_config_round_trip(layer).conv_bias == conv_bias
+
+
+def test_only_head_biases_get_a_gradient_so_the_others_are_left_out(rng):
+    # With biases everywhere, every bias except the heads' only shifts the input of
+    # batch norms (directly or through adds, pooling, upsampling and 1x1 convs), which
+    # remove it in training: its exact gradient is zero and the computed one is
+    # rounding noise. That is why conv_bias=False is the default.
+    kwargs = dict(depths=(1, 4), joints=3, features=16, input_size=64, hourglass_depth=2)
+    model = volumetric.build_volumetric_model(conv_bias=True, **kwargs)
+    images = tf.constant(rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32))
+    joints = tf.constant((rng.uniform(2, 14, (2, 3, 3)) * [1, 1, 0.25]).astype(np.float32))
+    biases = [w for w in model.trainable_weights if w.path.endswith("/bias")]
+    with tf.GradientTape() as tape:
+        outputs = model(images, training=True)
+        loss, _ = losses.multi_stage_loss([outputs["stack0"], outputs["stack1"]], joints, (1, 4),
+                                          fine_depth=4)
+    grads = dict(zip([w.path for w in biases], tape.gradient(loss, biases)))
+    head = [float(tf.reduce_max(tf.abs(g))) for p, g in grads.items() if "_head" in p]
+    other = [float(tf.reduce_max(tf.abs(g))) for p, g in grads.items() if "_head" not in p]
+    assert len(head) == 2 and len(other) > 20
+    assert min(head) > 1e-4 and max(other) < 1e-3 * min(head), (head, max(other))
+    lean = volumetric.build_volumetric_model(**kwargs)
+    lean_biases = [w.path for w in lean.trainable_weights if w.path.endswith("/bias")]
+    assert len(lean_biases) == 2 and all("_head" in p for p in lean_biases)
+    saved = sum(int(np.prod(w.shape)) for w in biases if "_head" not in w.path)
+    assert model.count_params() - lean.count_params() == saved
 
 
 @pytest.mark.parametrize("backbone", hourglass.BACKBONES)

@@ -87,6 +87,14 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_exactly(data_dir, tm
     more = training.train(_config(data_dir, tmp_path, train_steps=6))
     assert more["step"] == 6 and os.path.exists(str(tmp_path / "ckpt-6.index"))
     assert training.load_config(str(tmp_path)).train_steps == 6
+    assert training.load_config(str(tmp_path)).conv_bias is False
+    # a run saved before the conv_bias field existed was built with the biases
+    old = tmp_path / "old_run"
+    old.mkdir()
+    values = json.loads((tmp_path / "config.json").read_text())
+    del values["conv_bias"]
+    (old / "config.json").write_text(json.dumps(values))
+    assert training.load_config(str(old)).conv_bias is True
 
 
 def test_init_checkpoint_restores_matching_layers_by_name(data_dir, tmp_path):

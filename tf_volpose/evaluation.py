@@ -305,6 +305,14 @@ def load_trained_model(config, checkpoint):
         ckpt.restore(path).expect_partial().assert_existing_objects_matched()
     except (tf.errors.NotFoundError, AssertionError, ValueError) as e:
         raise ValueError(f"checkpoint {path!r} does not match the model of this config: {e}") from e
+    # expect_partial() skips the optimizer state, but also weights the model lacks,
+    # which would silently change the function (e.g. biases of older runs)
+    extra = training.checkpoint_weights(path) - {w.path for w in model.weights}
+    if extra:
+        hint = (" It was saved with convolution biases: set conv_bias=True (--conv_bias)."
+                if any(p.endswith("/bias") for p in extra) and not config.conv_bias else "")
+        raise ValueError(f"checkpoint {path!r} has {len(extra)} weights the model of this config "
+                         f"lacks, e.g. {sorted(extra)[0]!r}.{hint}")
     return model, path
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -60,6 +61,8 @@ class TrainConfig:
     joint_set: str = _field("h36m17", "Joint set of the records.")
     input_size: int = _field(256, "Input crop side, px (heatmaps are input_size/4).")
     hourglass_depth: int = _field(4, "Poolings per hourglass.")
+    conv_bias: bool = _field(False, "Biases on the convolutions before batch norms (redundant; "
+                                    "runs saved before this field had them).")
     z_range_mm: float = _field(1000.0, "Depth range +- around the root, mm.")
     sigma: float = _field(2.0, "Target Gaussian sigma, voxels.")
     loss_weights: Tuple[float, ...] = _field((), "Per-stack loss weights (default equal).")
@@ -150,14 +153,18 @@ def build_model(config):
     if config.model == "volumetric":
         return volumetric.build_volumetric_model(config.depths, joints, config.backbone,
                                                  config.features, config.input_size,
-                                                 config.hourglass_depth)
+                                                 config.hourglass_depth,
+                                                 conv_bias=config.conv_bias)
     if config.model == "regression":
         return regression.build_regression_model(joints, config.backbone, config.features,
-                                                 config.input_size, 1, config.hourglass_depth)
+                                                 config.input_size, 1, config.hourglass_depth,
+                                                 conv_bias=config.conv_bias)
     net_a = decoupled.build_2d_network(joints, config.decoupled_2d_stacks, config.backbone,
-                                       config.features, config.input_size, config.hourglass_depth)
+                                       config.features, config.input_size, config.hourglass_depth,
+                                       conv_bias=config.conv_bias)
     net_b = decoupled.build_lifting_network(joints, config.depths, config.backbone,
-                                            config.features, config.xy_res, config.hourglass_depth)
+                                            config.features, config.xy_res, config.hourglass_depth,
+                                            conv_bias=config.conv_bias)
     return decoupled.build_decoupled_model(net_a, net_b)
 
 
@@ -228,6 +235,18 @@ def make_optimizer(config):
 def _escape(name):
     # tf.train.Checkpoint's escaping of dict keys in checkpoint names
     return name.replace(".", "..").replace("/", ".S")
+
+
+def _unescape(name):
+    return re.sub(r"\.(.)", lambda m: "." if m.group(1) == "." else "/", name)
+
+
+def checkpoint_weights(path):
+    """The weight paths (``layer/.../name``) a tf_volpose checkpoint file stores."""
+    prefix, suffix = "weights_by_name/", "/.ATTRIBUTES/VARIABLE_VALUE"
+    keys = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    return {_unescape(k[len(prefix):-len(suffix)]) for k in keys
+            if k.startswith(prefix) and k.endswith(suffix)}
 
 
 def restore_by_name(model, path):
@@ -594,5 +613,7 @@ def load_config(model_dir):
         raise ValueError(f"cannot read the training config {path}: {e}") from e
     for key in ("depths", "loss_weights", "lr_decay_steps"):
         values[key] = tuple(values.get(key, ()))
+    # runs saved before the field existed were built with these biases
+    values.setdefault("conv_bias", True)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in known})

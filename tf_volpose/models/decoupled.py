@@ -17,23 +17,23 @@ from tf_volpose.models import hourglass, volumetric
 
 
 def build_2d_network(joints=17, stacks=2, backbone="hg", features=256, input_size=256,
-                     hourglass_depth=4, name="net_a"):
+                     hourglass_depth=4, name="net_a", conv_bias=False):
     """Network A: ``image (B, S, S, 3)`` -> 2D heatmaps ``stack{i}`` ``(B, S/4, S/4, J)``."""
     return volumetric.build_volumetric_model((1,) * stacks, joints, backbone, features, input_size,
-                                             hourglass_depth, name=name)
+                                             hourglass_depth, name=name, conv_bias=conv_bias)
 
 
 def build_lifting_network(joints=17, depths=(64,), backbone="hg", features=256, heatmap_size=64,
-                          hourglass_depth=4, name="net_b"):
+                          hourglass_depth=4, name="net_b", conv_bias=False):
     """Network B: 2D heatmaps ``(B, H, H, J)`` -> volumes ``stack{i}`` ``(B, H, H, J*d_i)``."""
     if heatmap_size % 2 ** hourglass_depth:
         raise ValueError(f"heatmap_size must be a multiple of {2 ** hourglass_depth}, "
                          f"got {heatmap_size!r}")
     heatmaps = keras.Input((heatmap_size, heatmap_size, joints), name="heatmaps")
-    x = hourglass.Conv2D(features, 1, name="b_in_conv")(heatmaps)
-    x = hourglass.Residual(features, name="b_in_res")(x)
+    x = hourglass.Conv2D(features, 1, use_bias=conv_bias, name="b_in_conv")(heatmaps)
+    x = hourglass.Residual(features, conv_bias, name="b_in_res")(x)
     heads, _ = hourglass.stack_hourglasses(x, x, [joints * d for d in depths], backbone, features,
-                                           hourglass_depth, name_prefix="b_")
+                                           hourglass_depth, name_prefix="b_", conv_bias=conv_bias)
     outputs = {f"stack{i}": volumetric.float32_output(h, f"stack{i}") for i, h in enumerate(heads)}
     return keras.Model(heatmaps, outputs, name=name)
 

@@ -32,7 +32,7 @@ def float32_output(x, name):
 
 
 def build_volumetric_model(depths=(1, 2, 4, 64), joints=17, backbone="hg", features=256,
-                           input_size=256, hourglass_depth=4, name="volumetric"):
+                           input_size=256, hourglass_depth=4, name="volumetric", conv_bias=False):
     """Stacked hourglasses supervised at depth resolutions ``depths``.
 
     Args:
@@ -42,6 +42,8 @@ def build_volumetric_model(depths=(1, 2, 4, 64), joints=17, backbone="hg", featu
       backbone: ``"hg"`` or ``"hg-stacked"``.
       features: hourglass width.
       input_size: S, a multiple of ``4 * 2**hourglass_depth`` (64 for depth 4).
+      conv_bias: biases on the convolutions before batch norms (see
+        ``hourglass.build_backbone``); ``True`` only for runs saved with them.
 
     Returns:
       A ``keras.Model`` with outputs ``{"stack0": ..., ...}``.
@@ -56,7 +58,7 @@ def build_volumetric_model(depths=(1, 2, 4, 64), joints=17, backbone="hg", featu
     check_input_size(input_size, hourglass_depth)
     image = image_input(input_size)
     heads, _ = hourglass.build_backbone(image, [joints * d for d in depths], backbone, features,
-                                        hourglass_depth)
+                                        hourglass_depth, conv_bias=conv_bias)
     outputs = {f"stack{i}": float32_output(h, f"stack{i}") for i, h in enumerate(heads)}
     return keras.Model(image, outputs, name=name)
 
