@@ -174,6 +174,19 @@ def _conv_bn_relu_folded(x, conv, bn):
     return tf.nn.relu(tf.nn.bias_add(y, bias))
 
 
+def _conv_with_bias(x, conv):
+    """``conv(x)`` at inference as conv + bias, with a zero bias when the layer has none.
+
+    Grappler fuses conv + bias + the residual add into one oneDNN kernel, but
+    only with the bias present; without it the add is a separate pass over the
+    activations (bf16 forward 21.1 -> 19.7 img/s when the biases were removed).
+    """
+    # a zero grappler cannot prove (a constant zero bias is folded away, and the fusion with it)
+    bias = conv.bias if conv.bias is not None else conv.kernel[0, 0, 0] * 0.0
+    y = tf.nn.conv2d(x, tf.cast(conv.kernel, x.dtype), strides=1, padding=conv.padding.upper())
+    return tf.nn.bias_add(y, tf.cast(bias, x.dtype))
+
+
 @keras.saving.register_keras_serializable(package="tf_volpose")
 class Residual(layers.Layer):
     """Pre-activation bottleneck residual block.
@@ -224,7 +237,9 @@ class Residual(layers.Layer):
         else:
             y = _conv_bn_relu_folded(keras.ops.relu(self.bn1(x, training=False)), self.conv1,
                                      self.bn2)
-            y = self.conv3(_conv_bn_relu_folded(y, self.conv2, self.bn3))
+            y = _conv_with_bias(_conv_bn_relu_folded(y, self.conv2, self.bn3), self.conv3)
+            skip = x if self.skip is None else _conv_with_bias(x, self.skip)
+            return y + skip
         return y + (self.skip(x) if self.skip is not None else x)
 
     def compute_output_shape(self, input_shape):
