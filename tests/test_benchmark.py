@@ -36,6 +36,11 @@ def test_export_section_compares_fp32_and_bf16_exports(tmp_path):
     for key in ("joint_diff_abs_mm", "joint_diff_root_relative_mm"):
         d = result[key]
         assert 0 <= d["median"] <= d["p95"] <= d["max"] and 0 <= d["within_1mm"] <= 1
+    # synthetic records have 3D ground truth; by the triangle inequality the two exports'
+    # MPJPEs differ by at most their mean root-relative distance
+    mpjpe = result["mpjpe_root_relative_mm"]
+    assert set(mpjpe) == {"fp32", "bf16"} and all(np.isfinite(v) and v > 0 for v in mpjpe.values())
+    assert abs(mpjpe["fp32"] - mpjpe["bf16"]) <= result["joint_diff_root_relative_mm"]["mean"] + 1e-3
     with pytest.raises(ValueError, match="no files match"):
         benchmark.export_precision_speed(model, config, np.full(16, 250.0),
                                          str(tmp_path / "none-*"))

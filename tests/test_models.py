@@ -18,8 +18,10 @@ def _batch(rng, joints=17, n=2):
 
 @pytest.mark.parametrize("backbone,expected", [("hg", 13.2e6), ("hg-stacked", 53.6e6)])
 def test_parameter_counts_match_the_paper_models(backbone, expected):
-    model = volumetric.build_volumetric_model((1, 2, 4, 64), 17, backbone, 256, 256)
-    assert abs(model.count_params() - expected) / expected < 0.02, model.count_params()
+    for conv_bias in (False, True):  # ours, and the layer definitions of the original code
+        model = volumetric.build_volumetric_model((1, 2, 4, 64), 17, backbone, 256, 256,
+                                                  conv_bias=conv_bias)
+        assert abs(model.count_params() - expected) / expected < 0.02, model.count_params()
 
 
 def test_residual_layer_config_and_shape():

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import crop, losses, training
+from tf_volpose import crop, losses, metrics, training
 from tf_volpose.data import pipeline, records, synthetic
 
 
@@ -217,13 +217,19 @@ def serving_speed(export_dir, image_bytes, box, requests=50, clients=4, port=Non
 
 
 def _record_requests(file_pattern, max_images):
-    """``(image_bytes (N,), box (N, 4) x, y, w, h)`` from records, for serving benchmarks."""
-    images, boxes = [], []
+    """Requests from records, for serving benchmarks.
+
+    Returns ``(image_bytes (N,), box (N, 4) x, y, w, h, joints_3d)``, the last
+    ``(N, J, 3)`` camera-frame mm, or ``None`` unless every record has them.
+    """
+    images, boxes, joints = [], [], []
     for raw in tf.data.TFRecordDataset(pipeline.list_files(file_pattern)).take(max_images):
         ex = records.parse_example(raw)
         images.append(ex["image/encoded"].numpy())
         boxes.append(crop.xywh_from_box(ex["box/center"].numpy(), float(ex["box/scale"].numpy())))
-    return images, np.asarray(boxes, np.float32)
+        joints.append(ex["joints/3d"].numpy())
+    has_3d = all(len(j) for j in joints)
+    return images, np.asarray(boxes, np.float32), np.stack(joints) if has_3d else None
 
 
 def export_precision_speed(model, config, bone_lengths, file_pattern, batch_size=8,
@@ -233,11 +239,12 @@ def export_precision_speed(model, config, bone_lengths, file_pattern, batch_size
     Both exports are written to a temporary directory and called through
     ``serving_default`` (decode, crop, network, decoding, lifting), in batches
     of ``batch_size`` over up to ``max_images`` records. Returns throughput
-    (best of ``repeats`` passes) and the distance between the two exports'
-    ``joints_3d_mm`` (mm; absolute and root-relative, per joint).
+    (best of ``repeats`` passes), the distance between the two exports'
+    ``joints_3d_mm`` (mm; absolute and root-relative, per joint) and, where
+    the records have 3D ground truth, each export's root-relative MPJPE.
     """
     from tf_volpose import export, skeleton
-    images, boxes = _record_requests(file_pattern, max_images)
+    images, boxes, truth = _record_requests(file_pattern, max_images)
     root = skeleton.get_joint_set(config.joint_set).root
     batches = [(tf.constant(images[i:i + batch_size]), tf.constant(boxes[i:i + batch_size]))
                for i in range(0, len(images), batch_size)]
@@ -267,4 +274,7 @@ def export_precision_speed(model, config, bone_lengths, file_pattern, batch_size
                                            "p95": float(np.percentile(d, 95)),
                                            "max": float(d.max()),
                                            "within_1mm": float((d <= 1.0).mean())}
+    if truth is not None:
+        result["mpjpe_root_relative_mm"] = {
+            p: float(metrics.mpjpe(joints[p], truth, root).mean()) for p in joints}
     return result
