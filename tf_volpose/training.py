@@ -241,12 +241,15 @@ def _unescape(name):
     return re.sub(r"\.(.)", lambda m: "." if m.group(1) == "." else "/", name)
 
 
+# where a checkpoint keeps the weight of layer path P: f"{_BY_NAME}{_escape(P)}{_VALUE}"
+_BY_NAME, _VALUE = "weights_by_name/", "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 def checkpoint_weights(path):
     """The weight paths (``layer/.../name``) a tf_volpose checkpoint file stores."""
-    prefix, suffix = "weights_by_name/", "/.ATTRIBUTES/VARIABLE_VALUE"
     keys = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    return {_unescape(k[len(prefix):-len(suffix)]) for k in keys
-            if k.startswith(prefix) and k.endswith(suffix)}
+    return {_unescape(k[len(_BY_NAME):-len(_VALUE)]) for k in keys
+            if k.startswith(_BY_NAME) and k.endswith(_VALUE)}
 
 
 def restore_by_name(model, path):
@@ -267,7 +270,7 @@ def restore_by_name(model, path):
     shapes = reader.get_variable_to_shape_map()
     restored, not_found = [], []
     for weight in model.weights:
-        key = f"weights_by_name/{_escape(weight.path)}/.ATTRIBUTES/VARIABLE_VALUE"
+        key = f"{_BY_NAME}{_escape(weight.path)}{_VALUE}"
         if key in shapes and tuple(shapes[key]) == tuple(weight.shape):
             weight.assign(reader.get_tensor(key))
             restored.append(weight.path)

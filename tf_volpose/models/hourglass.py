@@ -235,13 +235,13 @@ class Residual(layers.Layer):
             y = self.conv1(keras.ops.relu(self.bn1(x, training=training)))
             y = self.conv2(keras.ops.relu(self.bn2(y, training=training)))
             y = self.conv3(keras.ops.relu(self.bn3(y, training=training)))
+            skip = x if self.skip is None else self.skip(x)
         else:
             y = _conv_bn_relu_folded(keras.ops.relu(self.bn1(x, training=False)), self.conv1,
                                      self.bn2)
             y = _conv_with_bias(_conv_bn_relu_folded(y, self.conv2, self.bn3), self.conv3)
             skip = x if self.skip is None else _conv_with_bias(x, self.skip)
-            return y + skip
-        return y + (self.skip(x) if self.skip is not None else x)
+        return y + skip
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.filters,)
