@@ -71,6 +71,14 @@ def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
         evaluation.load_trained_model(config, saved)
     restored, _ = evaluation.load_trained_model(biased, saved)
     assert training.weights_digest(restored) == training.weights_digest(model)
+    # a model trained without flips on images that mark left and right gets no flip test
+    no_flip = dataclasses.replace(config, flip_prob=0.0)
+    with pytest.raises(ValueError, match="flip_prob=0.*without flip_test"):
+        evaluation.evaluate(no_flip, evaluation.EvalOptions(flip_test=True),
+                            checkpoint=str(tmp_path))
+    result, _ = evaluation.evaluate(no_flip, evaluation.EvalOptions(), checkpoint=str(tmp_path),
+                                    output_dir=str(tmp_path / "no_flip"))
+    assert np.isfinite(result["mpjpe_mm"]["Average"]["mean"])
 
 
 def test_table_arithmetic_on_hand_made_predictions():
@@ -138,3 +146,11 @@ def test_eval_tool_oracle_from_the_command_line(data_dir, tmp_path):
     data = json.load(open(tmp_path / "metrics.json"))
     assert data["options"]["decode"] == "argmax" and data["source"] == "oracle (argmax)"
     assert "MPJPE" in (tmp_path / "report.md").read_text()
+    # a library error reaches the user as one line, not a traceback
+    out = subprocess.run(
+        [sys.executable, str(repo / "tools" / "eval.py"), f"--train_pattern={data_dir}/train-*",
+         f"--val_pattern={data_dir}/val-*", "--input_size=64", "--depths=1,64", "--flip_prob=0",
+         "--flip_test", f"--checkpoint={tmp_path / 'none'}"], capture_output=True, text=True,
+        timeout=300, cwd=repo, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: flip_test averages")

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from tf_volpose import training
-from tf_volpose.data import synthetic
+from tf_volpose import skeleton, training
+from tf_volpose.data import pipeline, synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=8, input_size=64, depths=(1, 4), batch_size=2, checkpoint_every=2,
@@ -95,6 +95,27 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_exactly(data_dir, tm
     del values["conv_bias"]
     (old / "config.json").write_text(json.dumps(values))
     assert training.load_config(str(old)).conv_bias is True
+    assert training.load_config(str(old)).flip_prob == 0.5  # what runs before the field used
+
+
+def test_flip_prob_reaches_the_training_pipeline(data_dir, tmp_path):
+    """Same seed, flip_prob 0 vs 1: the crops are mirrors and the joints swap sides."""
+    batches = []
+    for flip_prob in (0.0, 1.0):
+        config = _config(data_dir, tmp_path, flip_prob=flip_prob)
+        ds = pipeline.make_dataset(config.train_pattern, training=True, batch_size=4,
+                                   **training.pipeline_options(config))
+        batches.append(next(iter(ds)))
+    (plain, plain_t), (flipped, flipped_t) = batches
+    np.testing.assert_allclose(flipped["image"].numpy(), plain["image"].numpy()[:, :, ::-1],
+                               atol=1e-4)
+    flip_index = skeleton.get_joint_set(config.joint_set).flip_index
+    expected = plain_t["joints_voxel"].numpy()[:, flip_index]
+    expected[..., 0] = config.xy_res - expected[..., 0]
+    np.testing.assert_allclose(flipped_t["joints_voxel"].numpy(), expected, atol=1e-4)
+    # without augmentation nothing flips, whatever flip_prob says
+    config = _config(data_dir, tmp_path, flip_prob=1.0, augment=False)
+    assert training.pipeline_options(config)["augmentation"].flip_prob == 0.0
 
 
 def test_init_checkpoint_restores_matching_layers_by_name(data_dir, tmp_path):
@@ -134,6 +155,8 @@ def test_bad_config_values_raise():
         training.TrainConfig(depths=(1, 64), loss_weights=(1.0,))
     with pytest.raises(ValueError, match="batch_size"):
         training.TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"flip_prob must be in \[0, 1\], got 1.5"):
+        training.TrainConfig(flip_prob=1.5)
 
 
 def _run_tool(args, env=None, **kw):
@@ -176,7 +199,7 @@ MIRRORED_SCRIPT = """
 import sys, tensorflow as tf
 cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-from tf_volpose import training
+from tf_volpose import skeleton, training
 config = training.TrainConfig(model_dir=sys.argv[2], train_pattern=sys.argv[1] + "/train-*",
     strategy="mirrored", features=8, input_size=64, depths=(1, 4), batch_size=4, train_steps=3,
     checkpoint_every=3, summary_every=1, image_summary_every=0, val_every=0, deterministic=True)

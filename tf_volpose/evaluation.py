@@ -103,6 +103,15 @@ def oracle_heatmaps(joints_voxel, grid, method):
                                  fine_depth=grid.depth)
 
 
+def _check_flip_test(config, options):
+    if options.flip_test and config.flip_prob == 0:
+        raise ValueError(
+            "flip_test averages each image with its mirror, which assumes a mirrored image is "
+            "a valid one with left and right swapped; this config trains with flip_prob=0 (for "
+            "images that mark left and right, like the synthetic data's colours), where the "
+            "mirror would swap the joints the colours identify. Evaluate without flip_test.")
+
+
 def collect_predictions(config, options, model=None, file_pattern=None):
     """Runs the model (or the oracle) over a split.
 
@@ -112,12 +121,11 @@ def collect_predictions(config, options, model=None, file_pattern=None):
       3D ground truth); ``pred_px``, ``gt_px`` (F, J, 2); ``mask`` (F, J);
       ``has_3d`` (F,); ``root_depth_mm`` (F,); ``action``, ``subject`` (F,) str.
     """
+    _check_flip_test(config, options)
     joint_set = skeleton.get_joint_set(config.joint_set)
     grid = config.grid
     ds = pipeline.make_dataset(file_pattern or config.val_pattern, training=False,
-                               batch_size=options.batch_size, input_size=config.input_size,
-                               xy_res=config.xy_res, depth=config.fine_depth,
-                               z_range_mm=config.z_range_mm, joint_set=config.joint_set)
+                               batch_size=options.batch_size, **training.pipeline_options(config))
     bone_lengths = None
     if options.root_depth == "bone_lengths":
         bone_lengths = load_bone_lengths(options.bone_lengths or default_bone_lengths_path(config),
@@ -322,6 +330,7 @@ def evaluate(config, options, checkpoint=None, output_dir=None, file_pattern=Non
     Returns:
       ``(result dict, [written paths])``.
     """
+    _check_flip_test(config, options)  # before the (slow) model load
     model, source = None, f"oracle ({options.oracle})"
     if options.oracle == "none":
         if not checkpoint:

@@ -85,6 +85,9 @@ class TrainConfig:
     seed: int = _field(0, "Seed of the data order and augmentation.")
     deterministic: bool = _field(False, "Deterministic input order (slower).")
     augment: bool = _field(True, "Apply the paper's augmentation.")
+    flip_prob: float = _field(0.5, "Probability of the horizontal flip augmentation (left/right "
+                                   "joints swapped); 0 where images mark left and right, "
+                                   "as the synthetic data's colours do.")
     synthetic_dir: str = _field("", "If set and train_pattern matches nothing, render synthetic data here.")
     synthetic_train: int = _field(0, "Synthetic training records to render.")
     synthetic_val: int = _field(0, "Synthetic validation records to render.")
@@ -107,6 +110,7 @@ class TrainConfig:
                      "input_size"):
             check(getattr(self, name) > 0, name, getattr(self, name), "positive")
         check(self.learning_rate > 0, "learning_rate", self.learning_rate, "positive")
+        check(0.0 <= self.flip_prob <= 1.0, "flip_prob", self.flip_prob, "in [0, 1]")
         check(not self.loss_weights or len(self.loss_weights) == len(self.stack_depths),
               "loss_weights", self.loss_weights, f"{len(self.stack_depths)} numbers (one per stack)")
         skeleton.get_joint_set(self.joint_set)
@@ -413,11 +417,7 @@ def _train(config, dry_run, report):
         restored, not_found = restore_by_name(model, config.init_checkpoint)
         report({"event": "init", "restored": restored, "not_found": not_found})
 
-    augmentation = augment.AugmentOptions() if config.augment else augment.NO_AUGMENTATION
-    data_options = dict(input_size=config.input_size, xy_res=config.xy_res,
-                        depth=config.fine_depth, z_range_mm=config.z_range_mm,
-                        joint_set=config.joint_set, seed=config.seed,
-                        deterministic=config.deterministic, augmentation=augmentation)
+    data_options = pipeline_options(config)
     start_step = int(step.numpy())
 
     def dataset_fn(context):
@@ -604,6 +604,15 @@ def _write_hparams(writer, config):
             values[key] = ",".join(str(v) for v in value)
     with writer.as_default():
         hp.hparams(values)
+
+
+def pipeline_options(config):
+    """The :func:`pipeline.make_dataset` options (crop, grid, seed, augmentation) of ``config``."""
+    augmentation = (augment.AugmentOptions(flip_prob=config.flip_prob) if config.augment
+                    else augment.NO_AUGMENTATION)
+    return dict(input_size=config.input_size, xy_res=config.xy_res, depth=config.fine_depth,
+                z_range_mm=config.z_range_mm, joint_set=config.joint_set, seed=config.seed,
+                deterministic=config.deterministic, augmentation=augmentation)
 
 
 def load_config(model_dir):

@@ -6,7 +6,10 @@ angle limits in ``resources/procedural_pose.json``) or taken from real motion
 3-6 m away with the intrinsics of a real Human3.6M camera. Limbs are shaded
 capsules whose width and brightness follow depth, drawn far to near, with
 per-limb colours (left limbs warm, right limbs cool) over a textured random
-background, so depth is learnable from the picture.
+background, so depth is learnable from the picture. The colours also tell left
+from right, which a mirrored image would contradict: train on these records
+without the flip augmentation (``flip_prob=0``, as ``configs/synthetic.cfg``)
+and evaluate without the flip test.
 
 Only a generous square window around the person is rendered
 (``RENDER_SIZE`` px); the record's intrinsics and box are those of that
