@@ -16,6 +16,7 @@ from google.protobuf import text_format
 
 from tf_volpose import evaluation, export, training, volume
 from tf_volpose.data import synthetic
+from tf_volpose.models import hourglass
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "serving"))  # serving/ holds scripts, not a package
@@ -97,9 +98,14 @@ def test_bf16_export_is_close_to_fp32(trained, tmp_path):
     boxes = tf.constant([[0.0, 0.0, 90.0, 120.0]])
     fp32 = export.ServingModule(model, config, lengths).heatmaps(images, boxes)["heatmaps"]
     low = export.build_for_precision(model, config, "bf16")
-    assert low.get_layer("s0_head").compute_dtype == "bfloat16"
+    assert low.get_layer("s0_fuse_features").compute_dtype == "bfloat16"
+    assert {h.name: h.compute_dtype for h in hourglass.head_layers(low)} == {
+        f"s{i}_head": "float32" for i in range(len(config.depths))}
     bf16 = export.ServingModule(low, config, lengths).heatmaps(images, boxes)["heatmaps"]
     assert bf16.dtype == tf.float32
+    # float32 heads: the heatmaps are not bf16 values cast up (8-bit mantissas only)
+    rounded = tf.cast(tf.cast(bf16, tf.bfloat16), tf.float32)
+    assert float(tf.reduce_mean(tf.cast(rounded != bf16, tf.float32))) > 0.5
     scale = float(tf.reduce_max(tf.abs(fp32)))
     assert float(tf.reduce_max(tf.abs(bf16 - fp32))) < 0.1 * scale + 1e-3
 

@@ -205,6 +205,9 @@ def test_decoupled_parts_train_alone_and_together(rng, tmp_path):
     out = joint(images)
     assert out["stack0"].shape == (2, 16, 16, 17) and out["stack1"].shape == (2, 16, 16, 136)
     assert joint.count_params() == net_a.count_params() + net_b.count_params()
+    # the heads inside both parts, each producing one output channel count
+    assert sorted((h.name, h.filters) for h in hourglass.head_layers(joint)) == [
+        ("b_s0_head", 17 * 8), ("s0_head", 17)]
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])

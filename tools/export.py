@@ -19,7 +19,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint file or model directory.")
 flags.DEFINE_string("export_base", "exports/volpose", "Base directory of numbered versions.")
 flags.DEFINE_integer("version", None, "Version number (default: highest existing + 1).")
-flags.DEFINE_enum("precision", "fp32", list(export.PRECISIONS), "Compute precision of the export.")
+flags.DEFINE_enum("precision", "fp32", list(export.PRECISIONS),
+                  "Compute precision of the export (bf16: bfloat16 except the float32 heads).")
 flags.DEFINE_string("bone_lengths", "", "bone_lengths.json (default: beside the training records).")
 flags.DEFINE_float("fov_deg", export.DEFAULT_FOV_DEG, "Field of view of the default intrinsics.")
 flags.DEFINE_string("serving_decode", "local_softargmax", "Heatmap decoding inside the graph.")

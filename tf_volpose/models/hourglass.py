@@ -36,6 +36,16 @@ import tensorflow as tf
 from keras import layers
 
 BACKBONES = ("hg", "hg-stacked")
+HEAD_SUFFIX = "_head"  # every stack's 1x1 output conv is named ``<prefix>s<i>_head``
+
+
+def head_layers(model):
+    """The stacks' head convolutions of ``model``, nested models (``decoupled``) included."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from head_layers(layer)
+        elif layer.name.endswith(HEAD_SUFFIX):
+            yield layer
 
 
 @keras.saving.register_keras_serializable(package="tf_volpose")
@@ -363,7 +373,7 @@ def stack_hourglasses(x, previous, head_channels, backbone, features, hourglass_
             lin = _lin(y, features, f"{name}_lin2", conv_bias)
         head = None
         if channels is not None:
-            head = Conv2D(channels, 1, name=f"{name}_head")(lin)
+            head = Conv2D(channels, 1, name=f"{name}{HEAD_SUFFIX}")(lin)
         heads.append(head)
         if i == len(head_channels) - 1:
             break
