@@ -78,11 +78,24 @@ def test_coarse_depth_decodes_on_the_fine_grid():
 
 
 @pytest.mark.parametrize("method", volume.DECODE_METHODS)
-def test_decode_numpy_equals_tf(rng, method):
-    heatmaps = rng.normal(0, 0.05, (2, 16, 16, 3 * 8)).astype(np.float32)
-    heatmaps += render_gaussian(rng.uniform(3, 13, (3, 3)) * [1, 1, 0.5], size=16, depth=8)
-    ref, ref_conf = volume.decode_heatmaps(heatmaps, 3, depth=16, method=method, window=2, beta=5.0)
-    got, conf = volume.decode_heatmaps_tf(heatmaps, 3, depth=16, method=method, window=2, beta=5.0)
+@pytest.mark.parametrize("case", ["peaks", "window_beyond_the_grid", "depth_1", "ties",
+                                  "no_positive_evidence"])
+def test_decode_numpy_equals_tf(rng, method, case):
+    # the TF decoder reads the (B, Y, X, J*d) layout in place and gathers the local window;
+    # the NumPy reference transposes and masks the whole volume
+    depth, window = {"depth_1": 1}.get(case, 8), {"window_beyond_the_grid": 6}.get(case, 2)
+    heatmaps = rng.normal(0, 0.05, (2, 16, 16, 3 * depth)).astype(np.float32)
+    if case in ("peaks", "window_beyond_the_grid", "depth_1"):
+        centres = rng.uniform(0, 16, (3, 3)) * [1, 1, depth / 16]  # some near the borders
+        heatmaps += render_gaussian(centres, size=16, depth=depth)
+    elif case == "ties":  # zeros and ones: the first voxel in (y, x, z) order wins
+        heatmaps = (heatmaps > 0.05).astype(np.float32)
+    else:
+        heatmaps = -np.abs(heatmaps)  # local_softargmax falls back to the argmax
+    ref, ref_conf = volume.decode_heatmaps(heatmaps, 3, depth=16, method=method, window=window,
+                                           beta=5.0)
+    got, conf = volume.decode_heatmaps_tf(heatmaps, 3, depth=16, method=method, window=window,
+                                          beta=5.0)
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-4)
     np.testing.assert_allclose(conf.numpy(), ref_conf, atol=1e-6)
 

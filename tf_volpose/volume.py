@@ -194,22 +194,50 @@ def decode_heatmaps(heatmaps, joints, depth, method="argmax", window=6, beta=1.0
     return coords, confidence
 
 
+def _best_voxel_tf(heatmaps, joints, nd):
+    """Each joint's maximum: ``(iy, ix, iz, confidence)``, each ``(B, J)``.
+
+    Reads the ``(B, Y, X, J*d)`` heatmaps in place, once: the maximum over z
+    of every (y, x, joint), then the best (y, x) of that ``d``-times smaller
+    map and the best z in its column, so the volume is never transposed. Ties
+    go to the first voxel in (y, x, z) order, as a flat argmax of the
+    ``(Y, X, d)`` volume would.
+    """
+    ny, nx = heatmaps.shape[1], heatmaps.shape[2]
+    columns = tf.reshape(heatmaps, [tf.shape(heatmaps)[0], ny * nx, joints, nd])
+    column_peak = tf.transpose(tf.reduce_max(columns, axis=-1), [0, 2, 1])     # (B, J, YX)
+    best_yx = tf.argmax(column_peak, axis=-1, output_type=tf.int32)            # (B, J)
+    iy, ix = best_yx // nx, best_yx % nx
+    column = _gather_voxels_tf(heatmaps, joints, nd, iy[..., None], ix[..., None],
+                               tf.range(nd)[None, None])                       # (B, J, d)
+    iz = tf.argmax(column, axis=-1, output_type=tf.int32)
+    return iy, ix, iz, tf.reduce_max(column_peak, axis=-1)
+
+
+def _gather_voxels_tf(heatmaps, joints, nd, iy, ix, iz):
+    """Heatmap values at voxel indices ``(B, J, ...)`` of each joint (int32, in range)."""
+    joint = tf.reshape(tf.range(joints), [1, joints] + [1] * (len(iy.shape) - 2))
+    flat = ((iy * heatmaps.shape[2] + ix) * joints + joint) * nd + iz
+    rows = tf.reshape(heatmaps, [tf.shape(heatmaps)[0], -1])
+    return tf.reshape(tf.gather(rows, tf.reshape(flat, [tf.shape(flat)[0], -1]), batch_dims=1),
+                      tf.shape(flat))
+
+
 def decode_heatmaps_tf(heatmaps, joints, depth, method="argmax", window=6, beta=1.0):
-    """TF version of :func:`decode_heatmaps`; returns float32 ``(voxels, confidence)``."""
+    """TF version of :func:`decode_heatmaps`; returns float32 ``(voxels, confidence)``.
+
+    Except for ``softargmax`` (an expectation over the whole volume), it reads
+    the heatmaps once, in place (:func:`_best_voxel_tf`), and then only the
+    few voxels around each joint's maximum: ``local_softargmax`` gathers its
+    ``(2*window+1)^3`` box instead of masking the whole volume (README: 14 ->
+    0.7 ms per image for a 64^3 x 17 volume on 2 cores).
+    """
     if method not in DECODE_METHODS:
         raise ValueError(f"method must be one of {DECODE_METHODS}, got {method!r}")
     heatmaps = tf.cast(heatmaps, tf.float32)
-    shape = tf.shape(heatmaps)
     ny, nx = heatmaps.shape[1], heatmaps.shape[2]
     nd = heatmaps.shape[3] // joints
-    volume = tf.transpose(tf.reshape(heatmaps, [shape[0], ny, nx, joints, nd]),
-                          [0, 3, 1, 2, 4])  # (B, J, Y, X, d)
-    per_joint = tf.reshape(volume, [shape[0], joints, ny * nx * nd])
-    best = tf.argmax(per_joint, axis=-1, output_type=tf.int32)
-    confidence = tf.reduce_max(per_joint, axis=-1)
-    iy = best // (nx * nd)
-    ix = (best // nd) % nx
-    iz = best % nd
+    iy, ix, iz, confidence = _best_voxel_tf(heatmaps, joints, nd)
     argmax = tf.cast(tf.stack([ix, iy, iz], axis=-1), tf.float32) + 0.5
     if method == "argmax":
         coords = argmax
@@ -220,9 +248,8 @@ def decode_heatmaps_tf(heatmaps, joints, depth, method="argmax", window=6, beta=
             def value(shift, axis=axis, index=index, n=n):
                 pos = [iy, ix, iz]
                 pos[(1, 0, 2)[axis]] = tf.clip_by_value(index + shift, 0, n - 1)
-                flat = (pos[0] * nx + pos[1]) * nd + pos[2]
-                picked = tf.gather(per_joint, flat, axis=2, batch_dims=2)
-                return tf.math.log(tf.maximum(picked, floor))
+                return tf.math.log(tf.maximum(_gather_voxels_tf(heatmaps, joints, nd, *pos),
+                                              floor))
             lo, mid, hi = value(-1), value(0), value(1)
             curvature = lo - 2.0 * mid + hi
             inside = (index > 0) & (index < n - 1) & (curvature < 0)
@@ -230,24 +257,40 @@ def decode_heatmaps_tf(heatmaps, joints, depth, method="argmax", window=6, beta=
             offsets.append(tf.where(inside, tf.clip_by_value(0.5 * (lo - hi) / safe, -0.5, 0.5),
                                     0.0))
         coords = argmax + tf.stack(offsets, axis=-1)
-    else:
-        if method == "softargmax":
-            weights = tf.reshape(tf.nn.softmax(beta * per_joint, axis=-1), tf.shape(volume))
-        else:
-            def inside(n, index):
-                return tf.cast(tf.abs(tf.range(n)[None, None] - index[..., None]) <= window,
-                               tf.float32)
-            weights = (tf.nn.relu(volume)
-                       * inside(ny, iy)[:, :, :, None, None]
-                       * inside(nx, ix)[:, :, None, :, None]
-                       * inside(nd, iz)[:, :, None, None, :])
-        total = tf.reduce_sum(weights, axis=[2, 3, 4])
+    elif method == "softargmax":
+        shape = tf.shape(heatmaps)
+        volume = tf.transpose(tf.reshape(heatmaps, [shape[0], ny, nx, joints, nd]),
+                              [0, 3, 1, 2, 4])  # (B, J, Y, X, d)
+        weights = tf.reshape(tf.nn.softmax(beta * tf.reshape(volume, [shape[0], joints, -1])),
+                             tf.shape(volume))
         centres = [tf.range(n, dtype=tf.float32) + 0.5 for n in (nx, ny, nd)]
         coords = tf.stack([
             tf.einsum("bjyxk,x->bj", weights, centres[0]),
             tf.einsum("bjyxk,y->bj", weights, centres[1]),
             tf.einsum("bjyxk,k->bj", weights, centres[2]),
-        ], axis=-1) / tf.maximum(total, 1e-12)[..., None]
+        ], axis=-1) / tf.reduce_sum(weights, axis=[2, 3, 4])[..., None]
+    else:
+        # the box around the maximum, per axis at most the whole axis; voxels outside the
+        # grid are read clipped and weighted 0, as the reference's masks leave them out
+        def axis_window(index, n, shape):
+            reach = min(int(window), n - 1)
+            position = index[..., None] + tf.range(-reach, reach + 1)
+            valid = (position >= 0) & (position < n)
+            return (tf.reshape(tf.clip_by_value(position, 0, n - 1), shape),
+                    tf.reshape(tf.cast(valid, tf.float32), shape),
+                    tf.reshape(tf.cast(position, tf.float32) + 0.5, shape))
+        b = tf.shape(heatmaps)[0]
+        y, valid_y, cy = axis_window(iy, ny, [b, joints, -1, 1, 1])
+        x, valid_x, cx = axis_window(ix, nx, [b, joints, 1, -1, 1])
+        z, valid_z, cz = axis_window(iz, nd, [b, joints, 1, 1, -1])
+        shape = tf.shape(y + x + z)  # (B, J, Ry, Rx, Rz)
+        values = _gather_voxels_tf(heatmaps, joints, nd, tf.broadcast_to(y, shape),
+                                   tf.broadcast_to(x, shape), tf.broadcast_to(z, shape))
+        weights = tf.nn.relu(values) * valid_y * valid_x * valid_z
+        total = tf.reduce_sum(weights, axis=[2, 3, 4])
+        coords = tf.stack([tf.reduce_sum(weights * c, axis=[2, 3, 4]) for c in (cx, cy, cz)],
+                          axis=-1) / tf.maximum(total, 1e-12)[..., None]
+        # a joint with no positive evidence in its window falls back to argmax
         coords = tf.where((total > 0)[..., None], coords, argmax)
     coords = coords * tf.constant([1.0, 1.0, depth / nd])
     return coords, confidence
