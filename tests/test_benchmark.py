@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tf_volpose import benchmark, training
+from tf_volpose import benchmark, training, volume
 
 
 def test_model_and_loss_sections_report_positive_numbers():
@@ -14,6 +14,8 @@ def test_model_and_loss_sections_report_positive_numbers():
     loss = benchmark.loss_speed(batch_size=1, joints=2, size=8, depth=8, repeats=1)
     assert loss["separable_ms"] > 0 and loss["dense_ms"] > 0
     assert loss["dense_target_bytes"] == 8 * 8 * 2 * 8 * 4
+    decode = benchmark.decode_speed(batch_size=1, joints=2, size=8, depth=4, repeats=1)
+    assert all(decode[f"{m}_ms"] > 0 for m in volume.DECODE_METHODS)
 
 
 def test_pipeline_section_on_large_frames(tmp_path):

@@ -3,6 +3,7 @@
 * :func:`model_speed`: forward and training img/s, GFLOPs per image counted
   from the graph, measured matmul peak and the roofline fraction;
 * :func:`loss_speed`: separable vs dense volumetric loss, time and memory;
+* :func:`decode_speed`: heatmaps -> sub-voxel joints, per decoding method;
 * :func:`pipeline_speed`: the training input pipeline on records of large JPEG frames;
 * :func:`serving_speed`: gRPC latency vs the in-process forward pass, and
   throughput with concurrent clients.
@@ -20,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import crop, losses, metrics, training
+from tf_volpose import crop, losses, metrics, training, volume
 from tf_volpose.data import pipeline, records, synthetic
 
 
@@ -126,6 +127,16 @@ def loss_speed(batch_size=4, joints=17, size=64, depth=64, repeats=5):
             # what crosses the input pipeline per batch: coordinates vs dense target volumes
             "separable_target_bytes": batch_size * joints * 3 * 4,
             "dense_target_bytes": volume_bytes}
+
+
+def decode_speed(batch_size=8, joints=17, size=64, depth=64, repeats=5):
+    """Milliseconds per batch of ``volume.decode_heatmaps_tf``, per method, at one stack."""
+    heatmaps = tf.random.uniform([batch_size, size, size, joints * depth])
+    result = {"batch_size": batch_size, "joints": joints, "size": size, "depth": depth}
+    for method in volume.DECODE_METHODS:
+        decode = tf.function(lambda m=method: volume.decode_heatmaps_tf(heatmaps, joints, depth, m))
+        result[f"{method}_ms"] = 1e3 * _time(lambda: decode()[0].numpy(), repeats=repeats)
+    return result
 
 
 def write_large_frame_records(directory, count=64, size=1000, seed=0):

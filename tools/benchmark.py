@@ -1,6 +1,7 @@
 """Speed of the model, the loss, the input pipeline and serving on this machine.
 
     python tools/benchmark.py --sections=model,loss,pipeline,serving --output_json=bench.json
+    python tools/benchmark.py --sections=decode --batch_size=8   # heatmaps -> joints, per method
     python tools/benchmark.py --sections=model --backbone=hg --depths=1,2,4,64 --batch_size=4
     python tools/benchmark.py --sections=export --checkpoint=runs/synthetic   # fp32 vs bf16 export
 
@@ -18,8 +19,10 @@ from absl import app, flags
 from tf_volpose import benchmark, evaluation, export, skeleton, training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("sections", ["model", "loss", "pipeline"],
-                  "model, loss, pipeline, serving, export.")
+SECTIONS = ("model", "loss", "decode", "pipeline", "serving", "export")
+flags.DEFINE_list("sections", ["model", "loss", "decode", "pipeline"], ", ".join(SECTIONS) + ".")
+flags.register_validator("sections", lambda names: set(names) <= set(SECTIONS),
+                         f"--sections: each must be one of {', '.join(SECTIONS)}")
 flags.DEFINE_string("backbone", "hg", "Backbone of the benchmarked model.")
 flags.DEFINE_list("depths", ["1", "2", "4", "64"], "Depth resolutions per stack.")
 flags.DEFINE_integer("features", 256, "Hourglass width.")
@@ -69,6 +72,12 @@ def main(argv):
         section = benchmark.loss_speed(FLAGS.batch_size, repeats=FLAGS.repeats)
         section["speedup"] = section["dense_ms"] / section["separable_ms"]
         results["loss"] = section
+        print(json.dumps(section, indent=2))
+    if "decode" in FLAGS.sections:
+        size = config.input_size // 4
+        section = benchmark.decode_speed(FLAGS.batch_size, config.num_joints, size,
+                                         config.depths[-1], FLAGS.repeats)
+        results["decode"] = section
         print(json.dumps(section, indent=2))
     if "pipeline" in FLAGS.sections:
         with tempfile.TemporaryDirectory() as tmp:
