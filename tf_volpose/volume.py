@@ -215,7 +215,10 @@ def _best_voxel_tf(heatmaps, joints, nd):
 
 
 def _gather_voxels_tf(heatmaps, joints, nd, iy, ix, iz):
-    """Heatmap values at voxel indices ``(B, J, ...)`` of each joint (int32, in range)."""
+    """Heatmap values at voxel indices of each joint (int32, in range).
+
+    ``iy``, ``ix``, ``iz`` broadcast against each other to ``(B, J, ...)``; so does the result.
+    """
     joint = tf.reshape(tf.range(joints), [1, joints] + [1] * (len(iy.shape) - 2))
     flat = ((iy * heatmaps.shape[2] + ix) * joints + joint) * nd + iz
     rows = tf.reshape(heatmaps, [tf.shape(heatmaps)[0], -1])
@@ -287,9 +290,7 @@ def decode_heatmaps_tf(heatmaps, joints, depth, method="argmax", window=6, beta=
         y, valid_y, cy = axis_window(iy, ny, [b, joints, -1, 1, 1])
         x, valid_x, cx = axis_window(ix, nx, [b, joints, 1, -1, 1])
         z, valid_z, cz = axis_window(iz, nd, [b, joints, 1, 1, -1])
-        shape = tf.shape(y + x + z)  # (B, J, Ry, Rx, Rz)
-        values = _gather_voxels_tf(heatmaps, joints, nd, tf.broadcast_to(y, shape),
-                                   tf.broadcast_to(x, shape), tf.broadcast_to(z, shape))
+        values = _gather_voxels_tf(heatmaps, joints, nd, y, x, z)  # (B, J, Ry, Rx, Rz)
         weights = tf.nn.relu(values) * valid_y * valid_x * valid_z
         total = tf.reduce_sum(weights, axis=[2, 3, 4])
         coords = tf.stack([tf.reduce_sum(weights * c, axis=[2, 3, 4]) for c in (cx, cy, cz)],
