@@ -110,6 +110,18 @@ def test_bf16_export_is_close_to_fp32(trained, tmp_path):
     assert float(tf.reduce_max(tf.abs(bf16 - fp32))) < 0.1 * scale + 1e-3
 
 
+def test_bf16_export_of_a_decoupled_model_has_float32_heatmaps():
+    config = training.TrainConfig(model="decoupled", features=8, input_size=64, depths=(4,),
+                                  hourglass_depth=2, decoupled_2d_stacks=1)
+    low = export.build_for_precision(training.build_model(config), config, "bf16")
+    assert sorted(h.compute_dtype for h in hourglass.head_layers(low)) == ["float32"] * 2
+    heat = export.ServingModule(low, config, np.full(16, 250.0)).heatmaps(
+        tf.constant([_jpeg()]), tf.constant([[0.0, 0.0, 90.0, 120.0]]))["heatmaps"]
+    # the last head's float32 values reach the output (not cast to bfloat16 and back)
+    rounded = tf.cast(tf.cast(heat, tf.bfloat16), tf.float32)
+    assert float(tf.reduce_mean(tf.cast(rounded != heat, tf.float32))) > 0.5
+
+
 def test_killed_export_leaves_no_version_directory(trained, tmp_path):
     config, model, lengths, root = trained
     base = tmp_path / "volpose"

@@ -210,6 +210,18 @@ def test_decoupled_parts_train_alone_and_together(rng, tmp_path):
         ("b_s0_head", 17 * 8), ("s0_head", 17)]
 
 
+def test_decoupled_model_outputs_float32_under_mixed_precision(rng):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        net_a = decoupled.build_2d_network(17, stacks=1, **TINY)
+        net_b = decoupled.build_lifting_network(17, depths=(4,), features=16, heatmap_size=16)
+        out = decoupled.build_decoupled_model(net_a, net_b)(_batch(rng)[0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # an Identity under the global policy would hand the losses bfloat16 outputs
+    assert {k: v.dtype for k, v in out.items()} == {"stack0": tf.float32, "stack1": tf.float32}
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_outputs_float32_and_trains(rng, policy):
     keras.mixed_precision.set_global_policy(policy)

@@ -11,7 +11,6 @@ maps 2D heatmaps to 3D volumes and sees no image features, so:
 """
 
 import keras
-from keras import layers
 
 from tf_volpose.models import hourglass, volumetric
 
@@ -43,10 +42,9 @@ def build_decoupled_model(net_a, net_b, name="decoupled"):
     image = keras.Input(net_a.input_shape[1:], name="image")
     out_a = net_a(image)
     out_b = net_b(out_a[f"stack{len(out_a) - 1}"])
-    outputs = {}
-    for i, key in enumerate(sorted(out_a, key=lambda k: int(k[5:]))):
-        outputs[f"stack{i}"] = layers.Identity(name=f"stack{i}")(out_a[key])
-    offset = len(out_a)
-    for i, key in enumerate(sorted(out_b, key=lambda k: int(k[5:]))):
-        outputs[f"stack{offset + i}"] = layers.Identity(name=f"stack{offset + i}")(out_b[key])
+    # renamed through float32_output: a plain Identity would take the global policy and, under
+    # mixed precision, cast the parts' float32 outputs back down
+    stacks = [out_a[k] for k in sorted(out_a, key=lambda k: int(k[5:]))]
+    stacks += [out_b[k] for k in sorted(out_b, key=lambda k: int(k[5:]))]
+    outputs = {f"stack{i}": volumetric.float32_output(h, f"stack{i}") for i, h in enumerate(stacks)}
     return keras.Model(image, outputs, name=name)
