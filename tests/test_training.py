@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 import glob
 import importlib.util
@@ -63,6 +64,34 @@ def test_every_config_parses_and_dry_run_builds(name, data_dir, tmp_path, monkey
     result = training.train(config, dry_run=True)
     assert result["params"] > 0 and "Total params" in result["summary"]
     assert not glob.glob(str(tmp_path / "ckpt-*"))  # a dry run writes no checkpoint
+
+
+def test_tools_rebuild_a_run_from_its_config_json_with_flags_on_top(tmp_path):
+    tool = _load_tool()
+    saved = training.TrainConfig(model_dir=str(tmp_path), features=16, depths=(2, 8),
+                                 loss_weights=(1.0, 4.0), flip_prob=0.0, conv_bias=True)
+    (tmp_path / "config.json").write_text(saved.to_json())
+
+    def parsed(*args):
+        flag_values = flags.FlagValues()
+        tool.define_config_flags(flag_values)
+        flag_values(["eval", *args])
+        return flag_values
+
+    # the model directory or a checkpoint file in it: the run's config, not the flag defaults
+    assert tool.config_for_checkpoint(str(tmp_path), parsed()) == saved
+    assert tool.config_for_checkpoint(str(tmp_path / "ckpt-5"), parsed()) == saved
+    # given flags override their fields only
+    config = tool.config_for_checkpoint(str(tmp_path), parsed("--decode=quadratic",
+                                                              "--depths=4,16"))
+    assert (config.decode, config.depths) == ("quadratic", (4, 16))
+    assert dataclasses.replace(config, decode=saved.decode, depths=saved.depths) == saved
+    with pytest.raises(ValueError, match="flip_prob"):
+        tool.config_for_checkpoint(str(tmp_path), parsed("--flip_prob=2"))
+    # no config.json: the flags alone
+    (tmp_path / "bare").mkdir()
+    assert tool.config_for_checkpoint(str(tmp_path / "bare"), parsed()) == \
+        tool.config_from_flags(parsed())
 
 
 def test_train_writes_checkpoints_and_summaries_and_resumes_exactly(data_dir, tmp_path):

@@ -1,12 +1,15 @@
 """Evaluates a checkpoint (or the representation oracle) and writes metrics.json and report.md.
 
-    python tools/eval.py --flagfile=configs/h36m.cfg --checkpoint=runs/h36m [--split=test]
-        [--decode=argmax|local_softargmax|softargmax] [--flip_test] [--root_depth=gt|bone_lengths]
+    python tools/eval.py --checkpoint=runs/synthetic [--split=test]
+        [--decode=argmax|local_softargmax|softargmax|quadratic] [--flip_test]
+        [--root_depth=gt|bone_lengths]
     python tools/eval.py --flagfile=configs/synthetic.cfg --oracle=argmax   # no checkpoint needed
 
-The training flags (from --flagfile) describe the model and data, and --decode (one of
-argmax, local_softargmax, softargmax, quadratic) the heatmap decoding; --split=NAME reads
-NAME-*.tfrecord beside the training records (default: --val_pattern).
+With --checkpoint, the run's config.json describes the model and data; training flags
+given explicitly or in a --flagfile override its fields (e.g. --decode, one of argmax,
+local_softargmax, softargmax, quadratic, the heatmap decoding). Without a checkpoint (or
+without a config.json beside it) the flags alone do. --split=NAME reads NAME-*.tfrecord
+beside the training records (default: --val_pattern).
 """
 
 import os
@@ -30,7 +33,10 @@ flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many records (0: 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = train_tool.config_from_flags()
+    if FLAGS.checkpoint:
+        config = train_tool.config_for_checkpoint(FLAGS.checkpoint)
+    else:
+        config = train_tool.config_from_flags()
     pattern = None
     if FLAGS.split:
         pattern = os.path.join(os.path.dirname(config.train_pattern), f"{FLAGS.split}-*")

@@ -3,7 +3,8 @@
     python tools/export.py --checkpoint=runs/synthetic --export_base=exports/volpose [--version=N]
         [--precision=fp32|bf16] [--flagfile=CFG]
 
-Without --flagfile the model is described by the run's config.json. Root depth
+The model is the run's config.json (flags given explicitly or in a --flagfile
+override its fields). Root depth
 uses the mean training bone lengths (bone_lengths.json beside the training
 records; written on the fly if missing).
 """
@@ -13,7 +14,7 @@ import os
 from absl import app, flags
 
 import train as train_tool  # tools/ is on sys.path when this script runs
-from tf_volpose import evaluation, export, skeleton, training
+from tf_volpose import evaluation, export, skeleton
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint file or model directory.")
@@ -30,11 +31,7 @@ flags.mark_flag_as_required("checkpoint")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    model_dir = FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint) else os.path.dirname(FLAGS.checkpoint)
-    if FLAGS["train_pattern"].present:  # a --flagfile (or explicit flags) describes the model
-        config = train_tool.config_from_flags()
-    else:
-        config = training.load_config(model_dir)
+    config = train_tool.config_for_checkpoint(FLAGS.checkpoint)
     joint_set = skeleton.get_joint_set(config.joint_set)
     lengths_path = FLAGS.bone_lengths or evaluation.default_bone_lengths_path(config)
     if not os.path.exists(lengths_path):

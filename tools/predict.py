@@ -2,7 +2,10 @@
 
     python tools/predict.py --image=photo.jpg --saved_model=exports/volpose/1 --output=out.png
     python tools/predict.py --image=photo.jpg --checkpoint=runs/synthetic \
-        --flagfile=configs/synthetic.cfg --output=out.png --output_json=out.json [--box=x,y,w,h]
+        --output=out.png --output_json=out.json [--box=x,y,w,h]
+
+With --checkpoint the model is the run's config.json (training flags or a --flagfile
+override its fields).
 
 Without --box the whole image is the box. Without --focal the default intrinsics
 of the export are used: focal = max(W, H) / (2 tan(50 deg / 2)), principal point at the
@@ -23,7 +26,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Input image (JPEG or PNG).")
 flags.DEFINE_list("box", None, "x,y,w,h of the person in px (default: the whole image).")
 flags.DEFINE_string("saved_model", None, "An exported version directory.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint or model directory (with --flagfile).")
+flags.DEFINE_string("checkpoint", None, "Checkpoint or model directory (its config.json "
+                    "describes the model).")
 flags.DEFINE_list("focal", None, "fx,fy in px (default: the documented field of view).")
 flags.DEFINE_string("output", "prediction.png", "Output picture (PNG).")
 flags.DEFINE_string("output_json", None, "Optional JSON with the joints.")
@@ -36,7 +40,7 @@ def load_predictor():
     if FLAGS.saved_model:
         loaded = tf.saved_model.load(FLAGS.saved_model)
         return loaded.signatures["serving_default"], loaded.signatures["with_intrinsics"], None
-    config = train_tool.config_from_flags()
+    config = train_tool.config_for_checkpoint(FLAGS.checkpoint)
     model, _ = evaluation.load_trained_model(config, FLAGS.checkpoint)
     joint_set = skeleton.get_joint_set(config.joint_set)
     lengths = evaluation.load_bone_lengths(evaluation.default_bone_lengths_path(config), joint_set)

@@ -8,6 +8,7 @@ builds the data and the model, prints the summary and the parameter count, and e
 """
 
 import dataclasses
+import os
 import sys
 import time
 import typing
@@ -36,15 +37,39 @@ def define_config_flags(flag_values=FLAGS):
         define(field.name, default, help_text, flag_values=flag_values)
 
 
-def config_from_flags(flag_values=FLAGS):
+def config_from_flags(flag_values=FLAGS, base=None):
+    """The :class:`TrainConfig` the flags describe.
+
+    With ``base`` (a config), only the flags given on the command line or in a
+    flagfile replace its fields; the others keep ``base``'s values.
+    """
     values = {}
     for field in dataclasses.fields(training.TrainConfig):
-        value = flag_values[field.name].value
+        flag = flag_values[field.name]
+        if base is not None and not flag.present:
+            continue
+        value = flag.value
         if typing.get_origin(field.type) is tuple:
             item = typing.get_args(field.type)[0]
             value = tuple(item(v) for v in value)
         values[field.name] = value
-    return training.TrainConfig(**values)
+    if base is None:
+        return training.TrainConfig(**values)
+    return dataclasses.replace(base, **values)
+
+
+def config_for_checkpoint(checkpoint, flag_values=FLAGS):
+    """The config of a trained run, for the tools that load one (eval, export).
+
+    The run's ``config.json`` (beside the checkpoint file, or in the model
+    directory) with the flags given explicitly or in a flagfile on top, so
+    ``--checkpoint=RUN`` alone rebuilds the model the run trained; without a
+    ``config.json``, the flags alone.
+    """
+    model_dir = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        return config_from_flags(flag_values)
+    return config_from_flags(flag_values, base=training.load_config(model_dir))
 
 
 class TerminalProgress:
