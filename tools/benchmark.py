@@ -33,7 +33,7 @@ flags.DEFINE_integer("repeats", 5, "Timed repetitions (median).")
 flags.DEFINE_integer("pipeline_frames", 64, "1000x1000 JPEG records written for the pipeline section.")
 flags.DEFINE_string("export_dir", None, "Serving section: an exported version directory "
                     "(default: export the benchmarked model, untrained).")
-flags.DEFINE_string("checkpoint", None, "Export section: a trained run (its config.json, "
+flags.DEFINE_string("checkpoint", None, "Export section: a trained run or checkpoint file (its config.json, "
                     "checkpoint and validation records); its requests come from --val_pattern.")
 flags.DEFINE_string("val_pattern", None, "Export section: records to send (default: the run's).")
 flags.DEFINE_integer("export_images", 200, "Export section: records sent per pass.")
@@ -101,7 +101,9 @@ def main(argv):
         print(json.dumps(section, indent=2))
     if "export" in FLAGS.sections:
         if FLAGS.checkpoint:
-            run_config = training.load_config(FLAGS.checkpoint)
+            run_dir = (FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint)
+                       else os.path.dirname(FLAGS.checkpoint))
+            run_config = training.load_config(run_dir)
             model, _ = evaluation.load_trained_model(run_config, FLAGS.checkpoint)
             bone_lengths = evaluation.load_bone_lengths(
                 evaluation.default_bone_lengths_path(run_config),
