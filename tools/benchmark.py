@@ -33,8 +33,9 @@ flags.DEFINE_integer("repeats", 5, "Timed repetitions (median).")
 flags.DEFINE_integer("pipeline_frames", 64, "1000x1000 JPEG records written for the pipeline section.")
 flags.DEFINE_string("export_dir", None, "Serving section: an exported version directory "
                     "(default: export the benchmarked model, untrained).")
-flags.DEFINE_string("checkpoint", None, "Export section: a trained run or checkpoint file (its config.json, "
-                    "checkpoint and validation records); its requests come from --val_pattern.")
+flags.DEFINE_string("checkpoint", None, "Export section: a trained run or checkpoint file "
+                    "(its config.json, checkpoint and validation records); its requests come "
+                    "from --val_pattern.")
 flags.DEFINE_string("val_pattern", None, "Export section: records to send (default: the run's).")
 flags.DEFINE_integer("export_images", 200, "Export section: records sent per pass.")
 flags.DEFINE_string("output_json", None, "Where to write the numbers.")
