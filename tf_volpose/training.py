@@ -615,6 +615,11 @@ def pipeline_options(config):
                 deterministic=config.deterministic, augmentation=augmentation)
 
 
+def run_directory(checkpoint):
+    """The model directory of ``checkpoint``: the directory itself, or a checkpoint file's."""
+    return checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+
+
 def load_config(model_dir):
     """The :class:`TrainConfig` a run saved in ``model_dir/config.json``."""
     path = os.path.join(model_dir, "config.json")

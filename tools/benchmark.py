@@ -102,9 +102,7 @@ def main(argv):
         print(json.dumps(section, indent=2))
     if "export" in FLAGS.sections:
         if FLAGS.checkpoint:
-            run_dir = (FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint)
-                       else os.path.dirname(FLAGS.checkpoint))
-            run_config = training.load_config(run_dir)
+            run_config = training.load_config(training.run_directory(FLAGS.checkpoint))
             model, _ = evaluation.load_trained_model(run_config, FLAGS.checkpoint)
             bone_lengths = evaluation.load_bone_lengths(
                 evaluation.default_bone_lengths_path(run_config),

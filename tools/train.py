@@ -59,14 +59,14 @@ def config_from_flags(flag_values=FLAGS, base=None):
 
 
 def config_for_checkpoint(checkpoint, flag_values=FLAGS):
-    """The config of a trained run, for the tools that load one (eval, export).
+    """The config of a trained run, for the tools that load one (eval, export, predict).
 
     The run's ``config.json`` (beside the checkpoint file, or in the model
     directory) with the flags given explicitly or in a flagfile on top, so
     ``--checkpoint=RUN`` alone rebuilds the model the run trained; without a
     ``config.json``, the flags alone.
     """
-    model_dir = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    model_dir = training.run_directory(checkpoint)
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         return config_from_flags(flag_values)
     return config_from_flags(flag_values, base=training.load_config(model_dir))
