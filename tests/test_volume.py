@@ -143,13 +143,62 @@ def test_bad_inputs_raise_value_error():
 
 
 def test_root_depth_numpy_equals_tf(rng):
-    poses = [random_pose(rng, root_depth=rng.uniform(2500, 7000)) for _ in range(3)]
+    poses = [random_pose(rng, root_depth=rng.uniform(2500, 7000)) for _ in range(4)]
     bones = np.array(skeleton.H36M17.bones)
     lengths = np.linalg.norm(poses[0][bones[:, 0]] - poses[0][bones[:, 1]], axis=-1)
     boxes = [_box(p) for p in poses]
     voxels = np.stack([GRID.encode(p, K=K, center=c, scale=s) for p, (c, s) in zip(poses, boxes)])
-    ref = [volume.estimate_root_depth(v, K=K, center=c, scale=s, bone_lengths=lengths, grid=GRID)
-           for v, (c, s) in zip(voxels, boxes)]
-    got = volume.estimate_root_depth_tf(voxels, np.stack([K] * 3), np.stack([c for c, _ in boxes]),
-                                        np.array([s for _, s in boxes]), lengths, GRID)
-    np.testing.assert_allclose(got.numpy(), ref, rtol=2e-3)
+    voxels[3, 13] += [8.0, -8.0, 8.0]  # an outlier joint: bones beyond the Huber threshold
+    for huber_mm in (None, 50.0):
+        ref = [volume.estimate_root_depth(v, K=K, center=c, scale=s, bone_lengths=lengths,
+                                          grid=GRID, huber_mm=huber_mm)
+               for v, (c, s) in zip(voxels, boxes)]
+        got = volume.estimate_root_depth_tf(voxels, np.stack([K] * 4),
+                                            np.stack([c for c, _ in boxes]),
+                                            np.array([s for _, s in boxes]), lengths, GRID,
+                                            huber_mm=huber_mm)
+        np.testing.assert_allclose(got.numpy(), ref, rtol=2e-3)
+
+
+def _least_squares_root_depth(voxels, center, scale, lengths, candidates):
+    """Independent reference: brute-force argmin of sum (|bone| - L)^2 over candidate depths."""
+    bones = np.array(skeleton.H36M17.bones)
+    costs = []
+    for z in candidates:
+        lifted = GRID.lift(voxels, K=K, center=center, scale=scale, root_depth=z)
+        bone = np.linalg.norm(lifted[bones[:, 0]] - lifted[bones[:, 1]], axis=-1)
+        costs.append(((bone - lengths) ** 2).sum())
+    return candidates[int(np.argmin(costs))]
+
+
+def test_root_depth_huber_bounds_one_wrong_joint(rng):
+    """A joint decoded 8 voxels off drags the least-squares fit; the Huber fit barely moves."""
+    bones = np.array(skeleton.H36M17.bones)
+    for joint in (3, 13, 16):  # an ankle, a wrist (both ends of the skeleton)
+        pose = random_pose(rng, root_depth=rng.uniform(3000, 6000))
+        lengths = np.linalg.norm(pose[bones[:, 0]] - pose[bones[:, 1]], axis=-1)
+        center, scale = _box(pose)
+        vox = GRID.encode(pose, K=K, center=center, scale=scale)
+        vox[joint] += [8.0, 8.0, -8.0]
+        true = pose[0, 2]
+        squares = volume.estimate_root_depth(vox, K=K, center=center, scale=scale,
+                                             bone_lengths=lengths, grid=GRID, huber_mm=None)
+        # the least-squares option is the textbook fit (checked by brute force)
+        brute = _least_squares_root_depth(vox, center, scale, lengths,
+                                          np.arange(0.5, 1.5, 0.001) * squares)
+        assert abs(squares - brute) <= 0.001 * squares
+        huber = volume.estimate_root_depth(vox, K=K, center=center, scale=scale,
+                                           bone_lengths=lengths, grid=GRID)
+        assert abs(huber - true) < 0.5 * abs(squares - true), (joint, huber, squares, true)
+        assert abs(huber - true) < 0.05 * true
+
+
+def test_root_depth_rejects_bad_huber():
+    vox = np.full((17, 3), 32.0)
+    for bad in (0.0, -5.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="huber_mm"):
+            volume.estimate_root_depth(vox, K=K, center=[500, 500], scale=1.0,
+                                       bone_lengths=np.full(16, 250.0), grid=GRID, huber_mm=bad)
+        with pytest.raises(ValueError, match="huber_mm"):
+            volume.estimate_root_depth_tf(vox[None], K[None], [[500.0, 500.0]], [1.0],
+                                          np.full(16, 250.0), GRID, huber_mm=bad)

@@ -7,7 +7,8 @@ argmax) show what the grid and root-depth estimation alone cost.
 Root depth: ``gt`` uses the ground-truth root depth; ``bone_lengths`` fits the
 depth whose lifted skeleton best matches the mean training bone lengths
 (``bone_lengths.json`` beside the training records, written by
-``tools/bone_lengths.py``).
+``tools/bone_lengths.py``), robust to single wrong joints
+(:func:`volume.estimate_root_depth`).
 """
 
 import dataclasses
