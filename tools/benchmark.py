@@ -18,6 +18,8 @@ from absl import app, flags
 
 from tf_volpose import benchmark, evaluation, export, skeleton, training
 
+import _cli  # tools/ is on sys.path when this script runs
+
 FLAGS = flags.FLAGS
 SECTIONS = ("model", "loss", "decode", "pipeline", "serving", "export")
 flags.DEFINE_list("sections", ["model", "loss", "decode", "pipeline"], ", ".join(SECTIONS) + ".")
@@ -127,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -3,9 +3,11 @@
     python tools/bone_lengths.py --train_pattern='data/h36m/train-*'   # -> data/h36m/bone_lengths.json
 """
 
-from absl import app, flags
+from absl import flags
 
 from tf_volpose import evaluation, skeleton
+
+import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train_pattern", None, "Glob of training records with 3D joints.")
@@ -22,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

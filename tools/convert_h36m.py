@@ -10,10 +10,12 @@ bone_lengths.json (mean training bone lengths) beside them.
 import os
 
 import keras
-from absl import app, flags
+from absl import flags
 
 from tf_volpose import evaluation
 from tf_volpose.data import h36m
+
+import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("h36m_root", None, "Root of the official release (S1/MyPoseFeatures/...).")
@@ -46,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -6,11 +6,13 @@
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from tf_volpose import evaluation, skeleton
 from tf_volpose.data import humaneva
 from tf_volpose.data.h36m import ConversionError
+
+import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("npz_3d", None, "positions_3d .npz (metres, world frame).")
@@ -40,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -11,10 +11,12 @@ tf_volpose/data/kth.py). Check the printed median thigh length (about 400-500 mm
 adult) to confirm --units_to_mm.
 """
 
-from absl import app, flags
+from absl import flags
 
 from tf_volpose.data import kth
 from tf_volpose.data.h36m import ConversionError
+
+import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("kth_root", None, "Folder holding the unzipped KTH sequence folders.")
@@ -44,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -5,10 +5,12 @@
 """
 
 import keras
-from absl import app, flags
+from absl import flags
 
 from tf_volpose.data import mpii
 from tf_volpose.data.h36m import ConversionError
+
+import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("annotations", None, "The hourglass annotation .h5 file.")
@@ -37,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -4,10 +4,12 @@
     python tools/make_synthetic.py ... --motion=../shared/data/h36m_mocap_17j_10fps.npz  # real motion
 """
 
-from absl import app, flags
+from absl import flags
 import keras
 
 from tf_volpose.data import synthetic
+
+import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Where to write train-*.tfrecord and val-*.tfrecord.")
@@ -37,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

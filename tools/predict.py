@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-import train as train_tool  # tools/ is on sys.path when this script runs
+import _cli  # tools/ is on sys.path when this script runs
+import train as train_tool
 from tf_volpose import evaluation, export, skeleton, visualize
 
 FLAGS = flags.FLAGS
@@ -90,4 +91,4 @@ def main(argv):
 
 if __name__ == "__main__":
     train_tool.define_config_flags()
-    app.run(main)
+    _cli.run(main)

@@ -17,6 +17,8 @@ from absl import app, flags
 
 from tf_volpose import training
 
+import _cli  # tools/ is on sys.path when this script runs
+
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("dry_run", False, "Build data and model, print the summary, exit.")
 
@@ -142,4 +144,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_config_flags()
-    app.run(main)
+    _cli.run(main)
