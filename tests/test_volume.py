@@ -160,15 +160,37 @@ def test_root_depth_numpy_equals_tf(rng):
         np.testing.assert_allclose(got.numpy(), ref, rtol=2e-3)
 
 
-def _least_squares_root_depth(voxels, center, scale, lengths, candidates):
-    """Independent reference: brute-force argmin of sum (|bone| - L)^2 over candidate depths."""
+def _brute_force_root_depth(voxels, center, scale, lengths, candidates, huber_mm=None):
+    """Independent reference: the candidate depth whose lifted skeleton fits ``lengths`` best."""
     bones = np.array(skeleton.H36M17.bones)
     costs = []
     for z in candidates:
         lifted = GRID.lift(voxels, K=K, center=center, scale=scale, root_depth=z)
-        bone = np.linalg.norm(lifted[bones[:, 0]] - lifted[bones[:, 1]], axis=-1)
-        costs.append(((bone - lengths) ** 2).sum())
+        misfit = np.abs(np.linalg.norm(lifted[bones[:, 0]] - lifted[bones[:, 1]], axis=-1)
+                        - lengths)
+        if huber_mm is not None:  # squares up to huber_mm, then the tangent line
+            misfit = np.sqrt(np.where(misfit <= huber_mm, misfit ** 2,
+                                      2 * huber_mm * misfit - huber_mm ** 2))
+        costs.append((misfit ** 2).sum())
     return candidates[int(np.argmin(costs))]
+
+
+def test_root_depth_fits_the_lifted_skeleton(rng):
+    """The fitted depth is lift()'s root_depth, also where the root is not decoded at depth/2."""
+    bones = np.array(skeleton.H36M17.bones)
+    pose = random_pose(rng, root_depth=4500.0)
+    lengths = np.linalg.norm(pose[bones[:, 0]] - pose[bones[:, 1]], axis=-1)
+    center, scale = _box(pose)
+    vox = GRID.encode(pose, K=K, center=center, scale=scale)
+    vox[:, 2] += 5.0      # the whole skeleton decoded 5 voxels (156 mm) deeper
+    vox[0, 2] -= 3.0      # and the root 3 voxels off its own place
+    vox[13] += [2.0, -3.0, 4.0]
+    for huber_mm in (None, 50.0):
+        got = volume.estimate_root_depth(vox, K=K, center=center, scale=scale,
+                                         bone_lengths=lengths, grid=GRID, huber_mm=huber_mm)
+        brute = _brute_force_root_depth(vox, center, scale, lengths,
+                                        np.arange(0.8, 1.2, 0.0002) * got, huber_mm)
+        assert abs(got - brute) <= 0.0005 * got, (huber_mm, got, brute)
 
 
 def test_root_depth_huber_bounds_one_wrong_joint(rng):
@@ -184,8 +206,8 @@ def test_root_depth_huber_bounds_one_wrong_joint(rng):
         squares = volume.estimate_root_depth(vox, K=K, center=center, scale=scale,
                                              bone_lengths=lengths, grid=GRID, huber_mm=None)
         # the least-squares option is the textbook fit (checked by brute force)
-        brute = _least_squares_root_depth(vox, center, scale, lengths,
-                                          np.arange(0.5, 1.5, 0.001) * squares)
+        brute = _brute_force_root_depth(vox, center, scale, lengths,
+                                        np.arange(0.5, 1.5, 0.001) * squares)
         assert abs(squares - brute) <= 0.001 * squares
         huber = volume.estimate_root_depth(vox, K=K, center=center, scale=scale,
                                            bone_lengths=lengths, grid=GRID)

@@ -364,7 +364,9 @@ def estimate_root_depth(voxels, K, center, scale, bone_lengths, grid,
 
     Minimises ``sum_i rho(|bone_i(Z)| - L_i)`` over the root depth ``Z``, where
     bones are ``joint_set.bones`` (``(child, parent)`` in child order) of the
-    skeleton lifted by :meth:`VoxelGrid.lift` and ``rho`` is the Huber penalty
+    skeleton ``VoxelGrid.lift(voxels, ..., root_depth=Z)`` (joints at ``Z`` plus
+    their depth relative to the grid centre, where the root is by construction)
+    and ``rho`` is the Huber penalty
     (``r^2 / 2`` up to ``huber_mm``, linear beyond), so one wrongly decoded
     joint cannot drag the whole skeleton; ``huber_mm=None`` is least squares.
     A log-spaced scan over ``search_mm`` brackets the minimum, golden-section
@@ -388,7 +390,9 @@ def estimate_root_depth(voxels, K, center, scale, bone_lengths, grid,
     A = crop.crop_transform(center, scale, grid.xy_res)
     uv = crop.transform_points(voxels[:, :2], np.linalg.inv(A))
     rays = camera.backproject_pinhole(uv, np.ones(len(uv)), K)  # (J, 3), Z = 1
-    dz = grid.relative_depth(voxels[:, 2]) - grid.relative_depth(voxels[joint_set.root, 2])
+    # depths relative to the grid centre, as lift() places them: the fitted skeleton is
+    # the lifted one even where the root joint is not decoded at depth / 2
+    dz = grid.relative_depth(voxels[:, 2])
     child, parent = bones[:, 0], bones[:, 1]
     slope = rays[child] - rays[parent]                       # d bone / d Z
     offset = dz[child, None] * rays[child] - dz[parent, None] * rays[parent]
@@ -441,8 +445,7 @@ def estimate_root_depth_tf(voxels, K, center, scale, bone_lengths, grid,
     f = tf.stack([K[:, 0, 0], K[:, 1, 1]], axis=-1)[:, None]
     c = tf.stack([K[:, 0, 2], K[:, 1, 2]], axis=-1)[:, None]
     rays = tf.concat([(uv - c) / f, tf.ones_like(uv[..., :1])], axis=-1)  # (B, J, 3), Z = 1
-    dz = voxels[..., 2] / grid.depth * 2.0 * grid.z_range_mm
-    dz = dz - dz[:, joint_set.root:joint_set.root + 1]
+    dz = voxels[..., 2] / grid.depth * 2.0 * grid.z_range_mm - grid.z_range_mm  # as lift_tf
     child, parent = bones[:, 0], bones[:, 1]
     ray_c, ray_p = tf.gather(rays, child, axis=1), tf.gather(rays, parent, axis=1)
     slope = ray_c - ray_p                                                    # (B, N, 3)
