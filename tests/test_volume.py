@@ -217,7 +217,7 @@ def test_root_depth_huber_bounds_one_wrong_joint(rng):
 
 def test_root_depth_rejects_bad_huber():
     vox = np.full((17, 3), 32.0)
-    for bad in (0.0, -5.0, float("nan"), float("inf")):
+    for bad in (0.0, -5.0, float("nan"), float("inf"), "50"):
         with pytest.raises(ValueError, match="huber_mm"):
             volume.estimate_root_depth(vox, K=K, center=[500, 500], scale=1.0,
                                        bone_lengths=np.full(16, 250.0), grid=GRID, huber_mm=bad)

@@ -353,7 +353,13 @@ def _bone_misfit(residual_mm, huber_mm, ops):
 
 
 def _check_huber(huber_mm):
-    if huber_mm is not None and not (np.isfinite(huber_mm) and huber_mm > 0):
+    if huber_mm is None:
+        return
+    try:
+        valid = bool(np.isfinite(huber_mm) and huber_mm > 0)
+    except TypeError:
+        valid = False
+    if not valid:
         raise ValueError(f"huber_mm must be a positive number of mm or None, got {huber_mm!r}")
 
 
@@ -366,9 +372,9 @@ def estimate_root_depth(voxels, K, center, scale, bone_lengths, grid,
     bones are ``joint_set.bones`` (``(child, parent)`` in child order) of the
     skeleton ``VoxelGrid.lift(voxels, ..., root_depth=Z)`` (joints at ``Z`` plus
     their depth relative to the grid centre, where the root is by construction)
-    and ``rho`` is the Huber penalty
-    (``r^2 / 2`` up to ``huber_mm``, linear beyond), so one wrongly decoded
-    joint cannot drag the whole skeleton; ``huber_mm=None`` is least squares.
+    and ``rho`` is the Huber penalty (``r^2 / 2`` up to ``huber_mm``, linear
+    beyond), so one wrongly decoded joint cannot drag the whole skeleton;
+    ``huber_mm=None`` is least squares.
     A log-spaced scan over ``search_mm`` brackets the minimum, golden-section
     search refines it.
 
