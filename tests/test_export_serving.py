@@ -291,3 +291,21 @@ def test_predict_tool_writes_the_figure_and_json(trained, tmp_path):
                           f"--saved_model={path}", "--box=0,0,0,10"], capture_output=True, text=True,
                          timeout=300, cwd=REPO)
     assert bad.returncode != 0 and "box" in bad.stderr
+
+
+def test_tools_report_a_wrong_path_in_one_line(tmp_path):
+    """A missing checkpoint or export is one ``error:`` line naming it, exit 1, no traceback."""
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(_jpeg(h=64, w=48))
+    missing = tmp_path / "runs" / "nothing_here"
+    for tool, args in (("export.py", [f"--checkpoint={missing}",
+                                      f"--export_base={tmp_path / 'exports'}"]),
+                       ("predict.py", [f"--image={image}", f"--saved_model={missing}"]),
+                       ("eval.py", [f"--checkpoint={missing}"])):
+        out = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args],
+                             capture_output=True, text=True, timeout=300, cwd=REPO,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert last.startswith("error: ") and str(missing) in last, last
+    assert not (tmp_path / "exports").exists()  # nothing written

@@ -73,6 +73,7 @@ def test_tools_rebuild_a_run_from_its_config_json_with_flags_on_top(tmp_path):
     saved = training.TrainConfig(model_dir=str(tmp_path), features=16, depths=(2, 8),
                                  loss_weights=(1.0, 4.0), flip_prob=0.0, conv_bias=True)
     (tmp_path / "config.json").write_text(saved.to_json())
+    _write_checkpoint(tmp_path, 5)
 
     def parsed(*args):
         flag_values = flags.FlagValues()
@@ -92,8 +93,33 @@ def test_tools_rebuild_a_run_from_its_config_json_with_flags_on_top(tmp_path):
         tool.config_for_checkpoint(str(tmp_path), parsed("--flip_prob=2"))
     # no config.json: the flags alone
     (tmp_path / "bare").mkdir()
+    _write_checkpoint(tmp_path / "bare", 1)
     assert tool.config_for_checkpoint(str(tmp_path / "bare"), parsed()) == \
         tool.config_from_flags(parsed())
+    # a path that holds no checkpoint is named before anything is read
+    (tmp_path / "untrained").mkdir()
+    with pytest.raises(ValueError, match="untrained.*no checkpoint in this directory"):
+        tool.config_for_checkpoint(str(tmp_path / "untrained"), parsed())
+    with pytest.raises(ValueError, match=r"ckpt-7.*neither a model directory nor a checkpoint"):
+        tool.config_for_checkpoint(str(tmp_path / "ckpt-7"), parsed())
+
+
+def _write_checkpoint(directory, step):
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(directory),
+                                         max_to_keep=1)
+    return manager.save(checkpoint_number=step)
+
+
+def test_checkpoint_path_resolves_or_names_the_problem(tmp_path):
+    written = _write_checkpoint(tmp_path, 3)
+    assert training.checkpoint_path(str(tmp_path)) == written        # a model directory
+    assert training.checkpoint_path(written) == written                # a checkpoint prefix
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="init_checkpoint .*empty.*no checkpoint"):
+        training.checkpoint_path(str(tmp_path / "empty"), "init_checkpoint")
+    for missing in (tmp_path / "ckpt-4", tmp_path / "nowhere" / "ckpt-3"):
+        with pytest.raises(ValueError, match="neither a model directory nor a checkpoint"):
+            training.checkpoint_path(str(missing))
 
 
 def test_train_writes_checkpoints_and_summaries_and_resumes_exactly(data_dir, tmp_path):

@@ -305,10 +305,8 @@ def write_report(result, output_dir, title):
 
 def load_trained_model(config, checkpoint):
     """Builds the config's model and restores weights from a checkpoint or model dir."""
+    path = training.checkpoint_path(checkpoint)
     model = training.build_model(config)
-    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
-    if not path:
-        raise ValueError(f"checkpoint {checkpoint!r}: no checkpoint found")
     ckpt = tf.train.Checkpoint(model=model, weights_by_name={w.path: w for w in model.weights})
     try:
         ckpt.restore(path).expect_partial().assert_existing_objects_matched()

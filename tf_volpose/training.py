@@ -262,11 +262,7 @@ def restore_by_name(model, path):
     Returns:
       ``(restored, not_found)``: lists of weight paths.
     """
-    if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise ValueError(f"init_checkpoint {path!r}: no checkpoint in this directory")
-        path = latest
+    path = checkpoint_path(path, "init_checkpoint")
     try:
         reader = tf.train.load_checkpoint(path)
     except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
@@ -613,6 +609,23 @@ def pipeline_options(config):
     return dict(input_size=config.input_size, xy_res=config.xy_res, depth=config.fine_depth,
                 z_range_mm=config.z_range_mm, joint_set=config.joint_set, seed=config.seed,
                 deterministic=config.deterministic, augmentation=augmentation)
+
+
+def checkpoint_path(checkpoint, name="checkpoint"):
+    """The checkpoint prefix ``checkpoint`` names: a model directory's latest, or itself.
+
+    Raises a ValueError naming ``name`` and the path when there is none, before
+    anything is built or read.
+    """
+    if os.path.isdir(checkpoint):
+        latest = tf.train.latest_checkpoint(checkpoint)
+        if latest is None:
+            raise ValueError(f"{name} {checkpoint!r}: no checkpoint in this directory")
+        return latest
+    if not tf.io.gfile.exists(checkpoint + ".index"):
+        raise ValueError(f"{name} {checkpoint!r}: neither a model directory nor a checkpoint "
+                         f"(no {checkpoint}.index)")
+    return checkpoint
 
 
 def run_directory(checkpoint):

@@ -1,19 +1,34 @@
-"""What every tool's ``__main__`` shares: ``app.run`` without TensorFlow's INFO chatter.
+"""What every tool's ``__main__`` shares: ``app.run`` with readable output.
 
-Under ``absl.app.run`` the verbosity defaults to INFO, so TensorFlow's Python
-INFO records (checkpoint sharding times, SavedModel asset paths, each printed
-twice: by TensorFlow's handler and by absl's) bury the tool's own output. The
-tools print what they do themselves; warnings and errors still show, and
-``--verbosity=0`` brings the INFO records back.
+* Under ``absl.app.run`` the verbosity defaults to INFO, so TensorFlow's Python
+  INFO records (checkpoint sharding times, SavedModel asset paths, each printed
+  twice: by TensorFlow's handler and by absl's) bury the tool's own output. The
+  tools print what they do themselves; warnings and errors still show, and
+  ``--verbosity=0`` brings the INFO records back.
+* The library reports bad input (a path, a field, a value) as ``ValueError`` or
+  ``OSError`` (and the converters as ``ConversionError``) with a message that
+  names it: the tool prints that message as one ``error: ...`` line and exits
+  with status 1, instead of a traceback.
 """
+
+import sys
 
 from absl import app, flags, logging
 
 
-def run(main):
-    """``app.run(main)``, at WARNING verbosity unless ``--verbosity`` is given."""
-    def quiet_main(argv):
+def run(main, errors=()):
+    """``app.run(main)`` at WARNING verbosity unless ``--verbosity`` is given.
+
+    Args:
+      errors: exception types besides ``ValueError`` and ``OSError`` that mean
+        bad input, reported as one line.
+    """
+    def readable_main(argv):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
-        return main(argv)
-    app.run(quiet_main)
+        try:
+            return main(argv)
+        except (ValueError, OSError) + tuple(errors) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+    app.run(readable_main)

@@ -35,11 +35,8 @@ def main(argv):
         bar.setdefault("bar", keras.utils.Progbar(total, unit_name="sequence"))
         bar["bar"].update(done, [("records", sum(summary["written"].values()))])
 
-    try:
-        summary = h36m.convert(FLAGS.h36m_root, FLAGS.output_dir, FLAGS.frames_root,
-                               tuple(FLAGS.subjects), FLAGS.every, FLAGS.strict, progress=progress)
-    except (h36m.ConversionError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+    summary = h36m.convert(FLAGS.h36m_root, FLAGS.output_dir, FLAGS.frames_root,
+                           tuple(FLAGS.subjects), FLAGS.every, FLAGS.strict, progress=progress)
     print(f"records written: {summary['written']}")
     print(f"frames skipped: {summary['skipped'] or 'none'}")
     if summary["written"].get("train"):
@@ -48,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _cli.run(main)
+    _cli.run(main, errors=(h36m.ConversionError,))

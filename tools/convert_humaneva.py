@@ -30,11 +30,8 @@ def main(argv):
     def progress(subject, cam, summary):
         print(f"{subject} {cam}: {dict(summary['written'])} records so far", flush=True)
 
-    try:
-        summary = humaneva.convert(FLAGS.npz_3d, FLAGS.npz_2d, FLAGS.frames_root, FLAGS.output_dir,
-                                   FLAGS.frames_pattern, FLAGS.strict, progress=progress)
-    except ConversionError as e:
-        raise SystemExit(f"error: {e}")
+    summary = humaneva.convert(FLAGS.npz_3d, FLAGS.npz_2d, FLAGS.frames_root, FLAGS.output_dir,
+                               FLAGS.frames_pattern, FLAGS.strict, progress=progress)
     print(f"records written: {summary['written']}; skipped: {summary['skipped'] or 'none'}")
     if summary["written"].get("train"):
         print("wrote " + evaluation.write_bone_lengths(os.path.join(FLAGS.output_dir, "train-*"),
@@ -42,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _cli.run(main)
+    _cli.run(main, errors=(ConversionError,))

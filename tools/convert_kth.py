@@ -34,11 +34,8 @@ def main(argv):
     def progress(sequence_dir, written):
         print(f"{sequence_dir}: {written} records so far", flush=True)
 
-    try:
-        summary = kth.convert(FLAGS.kth_root, FLAGS.output_dir, FLAGS.split, FLAGS.units_to_mm,
-                              FLAGS.distance_m * 1000.0, FLAGS.strict, progress=progress)
-    except (ConversionError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+    summary = kth.convert(FLAGS.kth_root, FLAGS.output_dir, FLAGS.split, FLAGS.units_to_mm,
+                          FLAGS.distance_m * 1000.0, FLAGS.strict, progress=progress)
     print(f"records written: {summary['written']}; skipped: {summary['skipped'] or 'none'}")
     print(f"median thigh length {summary['median_thigh_mm']:.0f} mm (expect ~400-500); "
           f"largest 2D annotation vs pinhole reprojection distance "
@@ -46,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _cli.run(main)
+    _cli.run(main, errors=(ConversionError,))

@@ -30,13 +30,10 @@ def main(argv):
         if done % 100 == 0 or done == total:
             bar["bar"].update(done)
 
-    try:
-        summary = mpii.convert(FLAGS.annotations, FLAGS.images, FLAGS.output_dir, FLAGS.split,
-                               FLAGS.strict, progress=progress)
-    except ConversionError as e:
-        raise SystemExit(f"error: {e}")
+    summary = mpii.convert(FLAGS.annotations, FLAGS.images, FLAGS.output_dir, FLAGS.split,
+                           FLAGS.strict, progress=progress)
     print(f"records written: {summary['written']}; skipped: {summary['skipped'] or 'none'}")
 
 
 if __name__ == "__main__":
-    _cli.run(main)
+    _cli.run(main, errors=(ConversionError,))

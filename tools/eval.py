@@ -45,11 +45,8 @@ def main(argv):
                                      root_depth=FLAGS.root_depth, oracle=FLAGS.oracle,
                                      bone_lengths=FLAGS.bone_lengths,
                                      max_examples=FLAGS.max_examples)
-    try:
-        result, paths = evaluation.evaluate(config, options, FLAGS.checkpoint or None,
-                                            FLAGS.output_dir, pattern)
-    except ValueError as e:  # bad checkpoint, split or option: a message, not a traceback
-        raise SystemExit(f"error: {e}")
+    result, paths = evaluation.evaluate(config, options, FLAGS.checkpoint or None,
+                                        FLAGS.output_dir, pattern)
     print(evaluation.report_markdown(result, f"{result['source']}"))
     print("wrote " + ", ".join(paths))
 

@@ -68,6 +68,7 @@ def config_for_checkpoint(checkpoint, flag_values=FLAGS):
     ``--checkpoint=RUN`` alone rebuilds the model the run trained; without a
     ``config.json``, the flags alone.
     """
+    training.checkpoint_path(checkpoint)  # a wrong path fails here, naming it
     model_dir = training.run_directory(checkpoint)
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         return config_from_flags(flag_values)
