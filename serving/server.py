@@ -258,8 +258,12 @@ def serve(base_path, name, port, host="127.0.0.1", rest_port=0, max_concurrent=2
 
 def main(argv):
     del argv
-    server, rest, model = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.port, FLAGS.host,
-                                FLAGS.rest_port, FLAGS.max_concurrent, FLAGS.max_pixels)
+    try:
+        server, rest, model = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.port,
+                                    FLAGS.host, FLAGS.rest_port, FLAGS.max_concurrent,
+                                    FLAGS.max_pixels)
+    except (ValueError, OSError) as e:  # no export there, a port taken: one line, exit 1
+        raise SystemExit(f"error: {e}")
     print(f"serving {model.name} version {model.version} from {model.path} on "
           f"{FLAGS.host}:{FLAGS.port} (gRPC)" + (f" and :{FLAGS.rest_port} (REST)" if rest else ""),
           flush=True)

@@ -66,6 +66,16 @@ def test_motion_file_drives_the_poses(tmp_path, rng):
         synthetic.generate(str(out), 1, 1, motion=str(tmp_path / "bad.npz"), workers=1)
 
 
+def test_generate_rejects_bad_counts_before_writing(tmp_path):
+    for kwargs, field in ((dict(num_train=-1, num_val=2), "num_train must be an integer >= 0"),
+                          (dict(num_train=2, num_val=1.5), "num_val"),
+                          (dict(num_train=2, num_val=2, examples_per_shard=0),
+                           "examples_per_shard must be an integer >= 1, got 0")):
+        with pytest.raises(ValueError, match=field):
+            synthetic.generate(str(tmp_path / "out"), workers=1, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
 def test_make_example_rejects_bad_values():
     good = dict(image_encoded=b"\xff\xd8x", height=4, width=4, joints_2d=np.zeros((17, 2)),
                 center=[2, 2], scale=1.0, f=[1, 1], c=[0, 0])

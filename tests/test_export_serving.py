@@ -298,11 +298,13 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
     image = tmp_path / "photo.jpg"
     image.write_bytes(_jpeg(h=64, w=48))
     missing = tmp_path / "runs" / "nothing_here"
-    for tool, args in (("export.py", [f"--checkpoint={missing}",
-                                      f"--export_base={tmp_path / 'exports'}"]),
-                       ("predict.py", [f"--image={image}", f"--saved_model={missing}"]),
-                       ("eval.py", [f"--checkpoint={missing}"])):
-        out = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args],
+    for tool, args in (("tools/export.py", [f"--checkpoint={missing}",
+                                            f"--export_base={tmp_path / 'exports'}"]),
+                       ("tools/predict.py", [f"--image={image}", f"--saved_model={missing}"]),
+                       ("tools/eval.py", [f"--checkpoint={missing}"]),
+                       ("serving/server.py", [f"--model_base_path={missing}",
+                                              f"--port={_free_port()}"])):
+        out = subprocess.run([sys.executable, str(REPO / tool), *args],
                              capture_output=True, text=True, timeout=300, cwd=REPO,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
         last = out.stderr.strip().splitlines()[-1]

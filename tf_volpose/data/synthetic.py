@@ -255,6 +255,10 @@ def generate(output_dir, num_train, num_val, seed=0, motion=None, examples_per_s
     Returns:
       dict split -> number of records written.
     """
+    for name, value, least in (("num_train", num_train, 0), ("num_val", num_val, 0),
+                               ("examples_per_shard", examples_per_shard, 1)):
+        if int(value) != value or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     motion_data = load_motion(motion) if motion else None
     workers = workers or multiprocessing.cpu_count()
     counts = {}
