@@ -98,8 +98,13 @@ class VoxelGrid:
         return camera.backproject_pinhole(uv, depth, K)
 
     def relative_depth(self, z):
-        """Voxel z -> depth relative to the root, mm."""
-        return np.asarray(z, dtype=np.float64) / self.depth * 2.0 * self.z_range_mm - self.z_range_mm
+        """Voxel z -> depth relative to the root (the grid centre), mm.
+
+        NumPy in, float64 NumPy out; a TF tensor in, a tensor of its dtype out.
+        """
+        if not tf.is_tensor(z):
+            z = np.asarray(z, dtype=np.float64)
+        return z / self.depth * 2.0 * self.z_range_mm - self.z_range_mm
 
     def decode(self, heatmaps, joints, method="argmax", window=6, beta=1.0):
         """NumPy reference of :func:`decode_heatmaps_tf` (same arguments, NumPy output)."""
@@ -313,8 +318,7 @@ def lift_tf(voxels, K, center, scale, root_depth, grid):
     """
     voxels = tf.cast(voxels, tf.float32)
     uv = voxels_to_image_tf(voxels[..., :2], center, scale, grid.xy_res)
-    depth = (tf.cast(root_depth, tf.float32)[:, None]
-             + voxels[..., 2] / grid.depth * 2.0 * grid.z_range_mm - grid.z_range_mm)
+    depth = tf.cast(root_depth, tf.float32)[:, None] + grid.relative_depth(voxels[..., 2])
     K = tf.cast(K, tf.float32)
     f = tf.stack([K[:, 0, 0], K[:, 1, 1]], axis=-1)[:, None]
     c = tf.stack([K[:, 0, 2], K[:, 1, 2]], axis=-1)[:, None]
@@ -451,7 +455,7 @@ def estimate_root_depth_tf(voxels, K, center, scale, bone_lengths, grid,
     f = tf.stack([K[:, 0, 0], K[:, 1, 1]], axis=-1)[:, None]
     c = tf.stack([K[:, 0, 2], K[:, 1, 2]], axis=-1)[:, None]
     rays = tf.concat([(uv - c) / f, tf.ones_like(uv[..., :1])], axis=-1)  # (B, J, 3), Z = 1
-    dz = voxels[..., 2] / grid.depth * 2.0 * grid.z_range_mm - grid.z_range_mm  # as lift_tf
+    dz = grid.relative_depth(voxels[..., 2])  # as lift_tf places the joints
     child, parent = bones[:, 0], bones[:, 1]
     ray_c, ray_p = tf.gather(rays, child, axis=1), tf.gather(rays, parent, axis=1)
     slope = ray_c - ray_p                                                    # (B, N, 3)
