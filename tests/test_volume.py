@@ -37,6 +37,18 @@ def test_encode_by_hand():
     np.testing.assert_allclose(vox[1], [64, 16, 48])
 
 
+def test_voxel_z_inverts_relative_depth():
+    grid = volume.VoxelGrid(64, 16, 800.0)  # 100 mm per voxel, the root at z = 8
+    np.testing.assert_allclose(grid.voxel_z([0.0, -800.0, 800.0, 250.0]), [8.0, 0.0, 16.0, 10.5])
+    z = np.linspace(-3.0, 19.0, 23)  # beyond the grid on both sides too
+    np.testing.assert_allclose(grid.voxel_z(grid.relative_depth(z)), z, atol=1e-12)
+    import tensorflow as tf
+    z_tf = tf.constant(z, tf.float32)
+    out = grid.voxel_z(grid.relative_depth(z_tf))
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), z, atol=1e-5)
+
+
 def test_encode_lift_round_trip(rng):
     for _ in range(10):
         pose = random_pose(rng, root_depth=rng.uniform(3000, 6000))

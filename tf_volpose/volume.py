@@ -74,8 +74,7 @@ class VoxelGrid:
         K = _checks.intrinsics(K)
         A = crop.crop_transform(center, scale, self.xy_res)
         xy = crop.transform_points(camera.project_pinhole(joints_cam, K), A)
-        z = ((joints_cam[:, 2] - joints_cam[root, 2] + self.z_range_mm)
-             / (2.0 * self.z_range_mm) * self.depth)
+        z = self.voxel_z(joints_cam[:, 2] - joints_cam[root, 2])
         return np.concatenate([xy, z[:, None]], axis=-1)
 
     def lift(self, voxels, K, center, scale, root_depth):
@@ -105,6 +104,16 @@ class VoxelGrid:
         if not tf.is_tensor(z):
             z = np.asarray(z, dtype=np.float64)
         return z / self.depth * 2.0 * self.z_range_mm - self.z_range_mm
+
+    def voxel_z(self, relative_depth_mm):
+        """Depth relative to the root, mm -> voxel z (inverse of :meth:`relative_depth`).
+
+        The root sits at ``depth / 2``; ``+-z_range_mm`` map to ``depth`` and 0. NumPy in,
+        float64 NumPy out; a TF tensor in, a tensor of its dtype out.
+        """
+        if not tf.is_tensor(relative_depth_mm):
+            relative_depth_mm = np.asarray(relative_depth_mm, dtype=np.float64)
+        return (relative_depth_mm + self.z_range_mm) / (2.0 * self.z_range_mm) * self.depth
 
     def decode(self, heatmaps, joints, method="argmax", window=6, beta=1.0):
         """NumPy reference of :func:`decode_heatmaps_tf` (same arguments, NumPy output)."""

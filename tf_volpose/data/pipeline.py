@@ -26,7 +26,7 @@ import sys
 
 import tensorflow as tf
 
-from tf_volpose import crop, skeleton
+from tf_volpose import crop, skeleton, volume
 from tf_volpose.data import augment, records
 
 
@@ -110,7 +110,8 @@ def preprocess(example, seed, options, training):
     joints_3d = tf.ensure_shape(joints_3d, [num_joints, 3])
     xy = crop.transform_points_tf(example["joints/2d"], A) * (options.xy_res / options.input_size)
     root_depth = joints_3d[joint_set.root, 2]
-    z = (joints_3d[:, 2] - root_depth + options.z_range_mm) / (2 * options.z_range_mm) * options.depth
+    grid = volume.VoxelGrid(options.xy_res, options.depth, options.z_range_mm)
+    z = grid.voxel_z(joints_3d[:, 2] - root_depth)
     z = tf.where(has_3d, z, tf.fill([num_joints], options.depth / 2.0))
     voxels = tf.concat([xy, z[:, None]], axis=-1)
     mask = tf.cast(example["joints/visible"] > 0, tf.float32)
