@@ -36,10 +36,11 @@ def test_export_section_compares_fp32_and_bf16_exports(tmp_path):
     assert result["bf16_speedup"] == pytest.approx(result["bf16_img_per_s"]
                                                    / result["fp32_img_per_s"])
     for key in ("joint_diff_abs_mm", "joint_diff_root_relative_mm", "joint_diff_voxels",
-                "root_depth_diff_mm"):
+                "joint_diff_same_root_depth_mm", "root_depth_diff_mm"):
         d = result[key]
         assert 0 <= d["median"] <= d["p95"] <= d["max"] and 0 <= d["mean"] <= d["max"]
-    for key in ("joint_diff_abs_mm", "joint_diff_root_relative_mm"):
+    for key in ("joint_diff_abs_mm", "joint_diff_root_relative_mm",
+                "joint_diff_same_root_depth_mm"):
         assert 0 <= result[key]["within_1mm"] <= 1
     # synthetic records have 3D ground truth; by the triangle inequality the two exports'
     # MPJPEs differ by at most their mean root-relative distance

@@ -58,6 +58,33 @@ def test_encode_lift_round_trip(rng):
         assert np.abs(back - pose).max() < 1e-6
 
 
+def test_move_root_depth_equals_lifting_at_the_new_depth(rng):
+    poses = [random_pose(rng, root_depth=rng.uniform(3000, 6000)) for _ in range(3)]
+    lifted, moved_to, expected = [], [], []
+    for pose in poses:
+        center, scale = _box(pose)
+        vox = GRID.encode(pose, K=K, center=center, scale=scale)
+        new_depth = pose[0, 2] + rng.uniform(-800, 800)
+        lifted.append(GRID.lift(vox, K=K, center=center, scale=scale, root_depth=pose[0, 2]))
+        moved_to.append(new_depth)
+        expected.append(GRID.lift(vox, K=K, center=center, scale=scale, root_depth=new_depth))
+    roots = np.array([p[0, 2] for p in poses])
+    moved = volume.move_root_depth(np.stack(lifted), roots, np.array(moved_to))  # batched
+    np.testing.assert_allclose(moved, np.stack(expected), atol=1e-6)
+    single = volume.move_root_depth(lifted[0], roots[0], moved_to[0])
+    np.testing.assert_allclose(single, expected[0], atol=1e-6)
+    np.testing.assert_allclose(volume.move_root_depth(lifted[0], roots[0], roots[0]), lifted[0])
+    # joints behind the camera (an untrained model's can be) stay on their pixels' rays
+    behind = lifted[0] * [1.0, 1.0, -1.0]
+    moved = volume.move_root_depth(behind, -100.0, 250.0)
+    np.testing.assert_allclose(camera.project_pinhole(moved, K), camera.project_pinhole(behind, K))
+    np.testing.assert_allclose(moved[:, 2], behind[:, 2] + 350.0)
+    with pytest.raises(ValueError, match="joints_cam"):
+        volume.move_root_depth(lifted[0] * [1.0, 1.0, 0.0], roots[0], moved_to[0])
+    with pytest.raises(ValueError, match="new_root_depth"):
+        volume.move_root_depth(lifted[0], roots[0], np.nan)
+
+
 @pytest.mark.parametrize("method,tol", [("argmax", 0.5 * np.sqrt(3)), ("local_softargmax", 0.05),
                                         ("quadratic", 1e-3)])
 def test_encode_decode(rng, method, tol):

@@ -260,8 +260,10 @@ def export_precision_speed(model, config, bone_lengths, file_pattern, batch_size
     ``joints_3d_mm`` (mm; absolute and root-relative, per joint) and, where
     the records have 3D ground truth, each export's root-relative MPJPE.
     The millimetre distances have two sources, reported apart: the decoded
-    voxels (``joints_voxel``, voxels) and the root depth (``root_depth_mm``,
-    mm), which rests on all joints' bone lengths and rescales every joint.
+    voxels (``joints_voxel``, voxels; in mm as ``joint_diff_same_root_depth_mm``,
+    the bf16 joints moved to the fp32 root depth) and the root depth
+    (``root_depth_mm``, mm), which rests on all joints' bone lengths and
+    rescales every joint.
     """
     from tf_volpose import export, skeleton
     images, boxes, truth = _record_requests(file_pattern, max_images)
@@ -289,10 +291,18 @@ def export_precision_speed(model, config, bone_lengths, file_pattern, batch_size
     result["bf16_speedup"] = result["bf16_img_per_s"] / result["fp32_img_per_s"]
     joints = {p: o["joints_3d_mm"] for p, o in outputs.items()}
     low, high = outputs["bf16"], outputs["fp32"]
+
+    def root_relative_distance(a, b):
+        return np.linalg.norm((a - a[:, root:root + 1]) - (b - b[:, root:root + 1]), axis=-1)
+
     absolute = np.linalg.norm(joints["bf16"] - joints["fp32"], axis=-1)
-    relative = np.linalg.norm((joints["bf16"] - joints["bf16"][:, root:root + 1])
-                              - (joints["fp32"] - joints["fp32"][:, root:root + 1]), axis=-1)
-    for name, d in (("abs", absolute), ("root_relative", relative)):
+    relative = root_relative_distance(joints["bf16"], joints["fp32"])
+    # the network and decoding alone: bf16's joints slid to fp32's root depth
+    same_root = root_relative_distance(
+        volume.move_root_depth(joints["bf16"], low["root_depth_mm"], high["root_depth_mm"]),
+        joints["fp32"])
+    for name, d in (("abs", absolute), ("root_relative", relative),
+                    ("same_root_depth", same_root)):
         result[f"joint_diff_{name}_mm"] = dict(_spread(d), within_1mm=float((d <= 1.0).mean()))
     result["joint_diff_voxels"] = _spread(
         np.linalg.norm(low["joints_voxel"] - high["joints_voxel"], axis=-1))

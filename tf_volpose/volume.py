@@ -315,6 +315,34 @@ def decode_heatmaps_tf(heatmaps, joints, depth, method="argmax", window=6, beta=
     return coords, confidence
 
 
+def move_root_depth(joints_cam, root_depth, new_root_depth):
+    """Lifted joints -> the same voxels lifted at another root depth (pinhole cameras).
+
+    ``lift`` puts each joint on its pixel's ray at the root depth plus the joint's
+    depth relative to the root, so a new root depth slides every joint along its
+    ray by the same change of depth: ``X' = X * (Z + new - old) / Z``. This needs
+    neither the voxels nor the intrinsics, e.g. to compare two models' joints at
+    one root depth.
+
+    Args:
+      joints_cam: (..., J, 3) camera frame, mm, as lifted at ``root_depth``.
+      root_depth, new_root_depth: (...) mm.
+
+    Returns:
+      (..., J, 3) float64 camera-frame joints, mm.
+    """
+    joints_cam = _checks.as_array("joints_cam", joints_cam, shape=(..., None, 3))
+    # lift() does not forbid joints behind the camera (an untrained model's can be); the
+    # slide along the ray holds for them too, only Z = 0 has no ray
+    if np.any(joints_cam[..., 2] == 0):
+        raise ValueError("joints_cam must have nonzero depth Z (a ray through the camera "
+                         "centre), got Z = 0")
+    change = (_checks.as_array("new_root_depth", new_root_depth)
+              - _checks.as_array("root_depth", root_depth))
+    z = joints_cam[..., 2:]
+    return joints_cam * (z + change[..., None, None]) / z
+
+
 def lift_tf(voxels, K, center, scale, root_depth, grid):
     """Batched TF version of :meth:`VoxelGrid.lift`.
 
