@@ -122,21 +122,6 @@ def test_bf16_export_of_a_decoupled_model_has_float32_heatmaps():
     assert float(tf.reduce_mean(tf.cast(rounded != heat, tf.float32))) > 0.5
 
 
-def test_cpu_bf16_check_reads_the_cpu_flags(tmp_path):
-    def cpuinfo(flags):
-        path = tmp_path / f"cpuinfo-{len(flags)}"
-        path.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
-                        f"flags\t\t: fpu sse2 avx2 {flags}\nbogomips\t: 5192.24\n")
-        return str(path)
-    assert export.cpu_has_bf16_instructions(cpuinfo("avx512f avx512_bf16 avx512_vnni")) is True
-    assert export.cpu_has_bf16_instructions(cpuinfo("amx_tile amx_bf16")) is True
-    assert export.cpu_has_bf16_instructions(cpuinfo("avx512f avx512_vnni")) is False
-    assert export.cpu_has_bf16_instructions(cpuinfo("")) is False
-    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
-    assert export.cpu_has_bf16_instructions(str(tmp_path / "arm")) is None  # not x86: unknown
-    assert export.cpu_has_bf16_instructions(str(tmp_path / "missing")) is None
-
-
 def test_killed_export_leaves_no_version_directory(trained, tmp_path):
     config, model, lengths, root = trained
     base = tmp_path / "volpose"

@@ -168,27 +168,6 @@ def write_warmup_requests(path, model_name="volpose", count=2):
             writer.write(log.SerializeToString())
 
 
-def cpu_has_bf16_instructions(cpuinfo_path="/proc/cpuinfo"):
-    """Whether this x86 CPU computes bfloat16 natively (``avx512_bf16`` or ``amx_bf16``).
-
-    Without them oneDNN emulates bfloat16 and a ``bf16`` export runs slower than
-    fp32 (0.44x measured here with oneDNN held to AVX-512 without bf16, README).
-
-    Returns:
-      True or False; None where it cannot tell (no ``cpuinfo_path``, or no x86
-      ``flags`` line in it, e.g. another OS or architecture).
-    """
-    try:
-        with open(cpuinfo_path) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return None
-
-
 def build_for_precision(model, config, precision):
     """The model itself for fp32; for bf16 the same weights in a ``mixed_bfloat16`` model.
 

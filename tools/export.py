@@ -15,7 +15,7 @@ from absl import app, flags
 
 import _cli  # tools/ is on sys.path when this script runs
 import train as train_tool
-from tf_volpose import evaluation, export, skeleton
+from tf_volpose import evaluation, export, hardware, skeleton
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint file or model directory.")
@@ -43,7 +43,7 @@ def main(argv):
     path = export.export_saved_model(model, config, FLAGS.export_base, bone_lengths, FLAGS.version,
                                      FLAGS.precision, FLAGS.serving_decode, FLAGS.fov_deg)
     print(f"exported {source} ({FLAGS.precision}) to {path}")
-    if FLAGS.precision == "bf16" and export.cpu_has_bf16_instructions() is False:
+    if FLAGS.precision == "bf16" and hardware.cpu_has_bf16_instructions() is False:
         print("note: this CPU has no avx512_bf16/amx_bf16 instructions; on such CPUs a bf16 "
               "export runs slower than fp32 (README: bf16 export). Serve it where they exist.")
 

@@ -15,7 +15,7 @@ import typing
 
 from absl import app, flags
 
-from tf_volpose import training
+from tf_volpose import hardware, training
 
 import _cli  # tools/ is on sys.path when this script runs
 
@@ -124,6 +124,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         config = config_from_flags()
+        if config.mixed_precision == "mixed_bfloat16" and hardware.bf16_is_emulated():
+            print("note: no GPU and no avx512_bf16/amx_bf16 instructions on this CPU: "
+                  "mixed_bfloat16 is emulated here and trains at ~0.4x fp32 (README).")
         result = training.train(config, dry_run=FLAGS.dry_run, progress=TerminalProgress())
     except (ValueError, training.TrainingDivergedError) as e:
         hint = ""
