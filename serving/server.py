@@ -48,6 +48,21 @@ class RequestError(Exception):
         self.code = code
 
 
+def short_error(message):
+    """A TF op error's own message, without the graph-execution wrapper around it.
+
+    TF 2.21 reports a failing op as ``Graph execution error: / Detected at node N
+    defined at ...: / <stack traces unavailable> / MESSAGE / [[{{node N}}]] [Op:...]``;
+    a client needs MESSAGE (e.g. the failing check's ``box width and height must be
+    positive``). Text of another shape is returned as it is.
+    """
+    kept = [line.strip() for line in message.splitlines()
+            if line.strip() and not line.lstrip().startswith("[[")
+            and not line.startswith(("Graph execution error", "Detected at node",
+                                     "<stack traces", "  File "))]
+    return " ".join(kept) or message
+
+
 def image_size(data):
     """``(width, height)`` from a JPEG or PNG header, without decoding the pixels."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
@@ -129,7 +144,8 @@ class ModelServer:
             try:
                 outputs = fn(**tensors)
             except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, e.message) from None
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   short_error(e.message)) from None
         return {k: v.numpy() for k, v in outputs.items()}
 
     def model_spec(self, signature_name=""):
@@ -210,13 +226,17 @@ def _rest_handler(server):
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 instances = body["instances"]
+                if not isinstance(instances, list) or not instances:
+                    raise ValueError("'instances' must be a non-empty list")
                 inputs = {key: [_from_json(inst[key]) for inst in instances] for key in instances[0]}
                 outputs = server.run(body.get("signature_name", ""),
                                      {k: np.array(v) for k, v in inputs.items()})
             except RequestError as e:
                 return self._reply(404 if e.code == grpc.StatusCode.NOT_FOUND else 400,
                                    {"error": str(e)})
-            except (ValueError, KeyError, IndexError, TypeError) as e:
+            except KeyError as e:
+                return self._reply(400, {"error": f"malformed request: no {e} given"})
+            except (ValueError, IndexError, TypeError) as e:
                 return self._reply(400, {"error": f"malformed request: {e}"})
             n = len(instances)
             predictions = [{k: v[i].tolist() for k, v in outputs.items()} for i in range(n)]

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import cv2
 import numpy as np
@@ -77,6 +79,27 @@ def test_export_reload_matches_the_in_memory_model(trained, tmp_path):
     assert export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths).endswith("2")
     with pytest.raises(ValueError, match="already exists"):
         export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths, version=2)
+
+
+@pytest.mark.parametrize("inputs,message", [
+    (dict(images=2, boxes=1), "image_bytes and box must have the same batch size"),
+    (dict(images=0, boxes=0), "empty batch"),
+    (dict(images=1, boxes=1, focal=2), "image_bytes and focal must have the same batch size"),
+    (dict(images=2, boxes=2, principal=1),
+     "image_bytes and principal_point must have the same batch size"),
+])
+def test_signatures_name_a_batch_mismatch_before_decoding(trained, inputs, message):
+    config, model, lengths, _ = trained
+    module = export.ServingModule(model, config, lengths)
+    images = tf.constant([_jpeg()] * inputs["images"], tf.string)
+    boxes = tf.constant([[0.0, 0.0, 90.0, 120.0]] * inputs["boxes"], shape=[inputs["boxes"], 4])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        if "focal" in inputs or "principal" in inputs:
+            module.with_intrinsics(
+                images, boxes, tf.fill([inputs.get("focal", inputs["images"]), 2], 100.0),
+                tf.fill([inputs.get("principal", inputs["images"]), 2], 50.0))
+        else:
+            module.serving_default(images, boxes)
 
 
 def test_saved_model_cli_lists_the_signatures(trained, tmp_path):
@@ -224,15 +247,16 @@ def test_grpc_round_trip(server):
     assert heat["heatmaps"].shape == (16, 16, 17 * 4)
 
 
-@pytest.mark.parametrize("image,box", [
-    (b"\x00\x01random bytes" * 10, [0, 0, 10, 10]),
-    (b"", [0, 0, 10, 10]),
-    ("good", [0, 0, 0, 10]),
-    ("good", [0, float("nan"), 10, 10]),
-    ("huge", [0, 0, 10, 10]),
-    (b"\xff\xd8\xff\xe0 truncated jpeg", [0, 0, 10, 10]),
+@pytest.mark.parametrize("image,box,message", [
+    (b"\x00\x01random bytes" * 10, [0, 0, 10, 10], "not a JPEG or PNG"),
+    (b"", [0, 0, 10, 10], "not a JPEG or PNG"),
+    ("good", [0, 0, 0, 10], "box width and height must be positive"),
+    ("good", [0, float("nan"), 10, 10], "box must be finite"),
+    ("huge", [0, 0, 10, 10], "above the limit"),
+    (b"\xff\xd8\xff\xe0 truncated jpeg", [0, 0, 10, 10], "JPEG"),
 ])
-def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server, image, box):
+def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server, image, box,
+                                                                         message):
     client = server[0]
     if image == "good":
         image = _jpeg()
@@ -241,6 +265,7 @@ def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server, 
     with pytest.raises(serving_client.ServingError) as info:
         client.predict(image, box)
     assert info.value.code == "INVALID_ARGUMENT", str(info.value)
+    assert message in str(info.value) and "Graph execution error" not in str(info.value)
     assert client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])["confidence"].shape == (17,)
 
 
@@ -261,6 +286,17 @@ def test_rest_round_trip(server):
     np.testing.assert_allclose(out["joints_3d_mm"], grpc_out["joints_3d_mm"], rtol=1e-5)
     with pytest.raises(serving_client.ServingError, match="HTTP 400"):
         serving_client.RestClient(rest).predict(b"junk", [0, 0, 10, 10])
+    # malformed bodies: 400 with what is wrong, and the server keeps serving
+    url = f"http://{rest}/v1/models/volpose:predict"
+    for body, message in ((b"{not json", "malformed request"),
+                          (b"{}", "no 'instances' given"),
+                          (b'{"instances": []}', "'instances' must be a non-empty list"),
+                          (b'{"instances": [{"image_bytes": {"b64": ""}}]}', "inputs must be")):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30)
+        assert info.value.code == 400 and message in info.value.read().decode(), body
+    out = serving_client.RestClient(rest).predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])
+    assert out["confidence"].shape == (17,)
 
 
 def test_client_retries_then_reports_unavailable():

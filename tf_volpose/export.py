@@ -18,8 +18,9 @@ Signatures (batch dimension ``None``):
   at 64^3 x 17: above gRPC's default 4 MB message limit; see ``serving/README.md``).
 
 Bad inputs (undecodable bytes, non-finite or non-positive box, focal or
-principal point) fail with ``InvalidArgumentError``, which TF Serving returns
-as ``INVALID_ARGUMENT``. No ``jit_compile`` (TF Serving cannot run XLA
+principal point, an empty batch, inputs of different batch sizes) fail with
+``InvalidArgumentError`` naming the input, which TF Serving returns as
+``INVALID_ARGUMENT``. No ``jit_compile`` (TF Serving cannot run XLA
 functions on GPU).
 
 :func:`export_saved_model` writes ``<export_base>/<version>/`` through a
@@ -75,13 +76,36 @@ class ServingModule(tf.Module):
 
     # -- graph pieces
 
-    def _crops(self, image_bytes, box):
-        """Decodes and crops each image; returns crops, (B, 2) image sizes (W, H), center, scale."""
+    @staticmethod
+    def _checked(image_bytes, box, **per_image):
+        """The inputs, gated by checks that name what is wrong with them.
+
+        ``per_image``: further ``(B, ...)`` inputs whose batch size must match.
+        Every output depends on the checks, so a bad request fails with their
+        message instead of first failing deeper (``map_fn``, the network, the
+        intrinsics) with one that names no input.
+        """
         box = tf.cast(box, tf.float32)
-        tf.debugging.assert_all_finite(box, "box must be finite")
-        tf.debugging.assert_positive(box[:, 2:], "box width and height must be positive")
-        tf.debugging.assert_equal(tf.shape(image_bytes)[0], tf.shape(box)[0],
-                                  "image_bytes and box must have the same batch size")
+        batch = tf.shape(image_bytes)[0]
+        checks = [
+            tf.debugging.assert_positive(batch, "image_bytes holds no images (empty batch)"),
+            tf.debugging.assert_equal(batch, tf.shape(box)[0],
+                                      "image_bytes and box must have the same batch size"),
+        ] + [tf.debugging.assert_equal(batch, tf.shape(value)[0],
+                                       f"image_bytes and {name} must have the same batch size")
+             for name, value in per_image.items()]
+        with tf.control_dependencies(checks):
+            image_bytes = tf.identity(image_bytes)
+            box = tf.debugging.assert_all_finite(box, "box must be finite")
+            per_image = {name: tf.identity(value) for name, value in per_image.items()}
+        with tf.control_dependencies([tf.debugging.assert_positive(
+                box[:, 2:], "box width and height must be positive")]):
+            box = tf.identity(box)
+        return image_bytes, box, per_image
+
+    def _crops(self, image_bytes, box):
+        """Decodes and crops each (checked) image; returns crops, (B, 2) image sizes (W, H),
+        center, scale."""
         center, scale = crop.box_from_xywh_tf(box)
         size = self.config.input_size
 
@@ -122,18 +146,25 @@ class ServingModule(tf.Module):
     # -- signatures
 
     def _default(self, image_bytes, box):
+        image_bytes, box, _ = self._checked(image_bytes, box)
         crops, sizes, center, scale = self._crops(image_bytes, box)
         focal, principal = self.default_intrinsics(sizes)
         return self._answer(self._volume(crops), center, scale, focal, principal)
 
     def _with_intrinsics(self, image_bytes, box, focal, principal_point):
-        tf.debugging.assert_all_finite(focal, "focal must be finite")
-        tf.debugging.assert_positive(focal, "focal must be positive")
-        tf.debugging.assert_all_finite(principal_point, "principal_point must be finite")
+        image_bytes, box, intrinsics = self._checked(image_bytes, box, focal=focal,
+                                                     principal_point=principal_point)
+        focal = tf.debugging.assert_all_finite(intrinsics["focal"], "focal must be finite")
+        with tf.control_dependencies([tf.debugging.assert_positive(focal,
+                                                                   "focal must be positive")]):
+            focal = tf.identity(focal)
+        principal_point = tf.debugging.assert_all_finite(intrinsics["principal_point"],
+                                                         "principal_point must be finite")
         crops, _, center, scale = self._crops(image_bytes, box)
         return self._answer(self._volume(crops), center, scale, focal, principal_point)
 
     def _heatmaps(self, image_bytes, box):
+        image_bytes, box, _ = self._checked(image_bytes, box)
         crops, _, _, _ = self._crops(image_bytes, box)
         return {"heatmaps": self._volume(crops)}
 
