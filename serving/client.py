@@ -11,6 +11,7 @@ exponential backoff on UNAVAILABLE; REST posts ``{"instances": [{"image_bytes":
 
 import base64
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +45,10 @@ def _box(box, image_size=None):
     box = [float(v) for v in box]
     if len(box) != 4:
         raise ValueError(f"box must be x,y,w,h, got {box}")
+    # checked here too: behind TF Serving's batching a request the graph rejects also
+    # fails the requests batched with it (serving/README.md)
+    if not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"box must be finite with positive width and height, got {box}")
     return box
 
 
@@ -176,12 +181,17 @@ def format_joints(outputs):
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
-    data = open(FLAGS.image, "rb").read()
-    size = None
-    if not FLAGS.box:
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        size = (int(image.shape[1]), int(image.shape[0]))
-    box = _box(FLAGS.box, size)
+    try:
+        data = open(FLAGS.image, "rb").read()
+        size = None
+        if not FLAGS.box:
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            size = (int(image.shape[1]), int(image.shape[0]))
+        box = _box(FLAGS.box, size)
+    except tf.errors.InvalidArgumentError:
+        raise SystemExit(f"error: {FLAGS.image} is not a JPEG or PNG image") from None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     try:
         if FLAGS.rest:
             outputs = RestClient(FLAGS.server, FLAGS.model, FLAGS.timeout).predict(data, box)

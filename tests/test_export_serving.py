@@ -347,3 +347,24 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert last.startswith("error: ") and str(missing) in last, last
     assert not (tmp_path / "exports").exists()  # nothing written
+
+
+def test_client_cli_reports_bad_input_in_one_line_before_connecting(tmp_path):
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(_jpeg(h=64, w=48))
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    port = _free_port()  # nothing listens: each case must fail before any call
+    for args, message in (([f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
+                          ([f"--image={text}"], "is not a JPEG or PNG image"),
+                          ([f"--image={image}", "--box=0,0,0,10"], "positive width and height"),
+                          ([f"--image={image}", "--box=0,0,nan,10"], "must be finite"),
+                          ([f"--image={image}", "--box=1,2"], "box must be x,y,w,h")):
+        out = subprocess.run([sys.executable, str(REPO / "serving" / "client.py"),
+                              f"--server=127.0.0.1:{port}", *args],
+                             capture_output=True, text=True, timeout=120, cwd=REPO,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert last.startswith("error: ") and message in last, last
+
