@@ -24,6 +24,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from tf_volpose import crop
+
 JOINT_NAMES = ("pelvis", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "spine",
                "thorax", "neck", "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder",
                "r_elbow", "r_wrist")
@@ -37,10 +39,9 @@ class ServingError(RuntimeError):
         self.code = code
 
 
-def _box(box, image_size=None):
-    if box is None:
-        if image_size is None:
-            raise ValueError("box is required when the image size is unknown")
+def _box(box, image_size):
+    """``--box`` as 4 floats, or the whole image of ``image_size`` (W, H) px without one."""
+    if not box:
         return [0.0, 0.0, float(image_size[0]), float(image_size[1])]
     box = [float(v) for v in box]
     if len(box) != 4:
@@ -182,15 +183,15 @@ def main(argv):
     del argv
     FLAGS = flags.FLAGS
     try:
-        data = open(FLAGS.image, "rb").read()
-        size = None
-        if not FLAGS.box:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            size = (int(image.shape[1]), int(image.shape[0]))
-        box = _box(FLAGS.box, size)
-    except tf.errors.InvalidArgumentError:
+        # the server decodes the bytes as stored: send phone photos (EXIF-rotated) upright
+        data, image = crop.upright_image_bytes(open(FLAGS.image, "rb").read())
+    except ValueError:
         raise SystemExit(f"error: {FLAGS.image} is not a JPEG or PNG image") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise SystemExit(f"error: {e}") from None
+    try:
+        box = _box(FLAGS.box, (image.shape[1], image.shape[0]))
+    except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     try:
         if FLAGS.rest:

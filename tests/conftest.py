@@ -1,6 +1,8 @@
 import os
 import pathlib
+import struct
 
+import cv2
 import numpy as np
 import pytest
 
@@ -32,3 +34,11 @@ def random_pose(rng, root_depth=4500.0):
     pose = template + rng.normal(0, 60, template.shape)
     pose -= pose[0]
     return pose + np.array([rng.uniform(-500, 500), rng.uniform(-200, 200), root_depth])
+
+
+def jpeg_with_exif_orientation(image, orientation):
+    """JPEG bytes of ``image`` with an EXIF APP1 segment holding only the orientation tag."""
+    data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)
+    payload = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]

@@ -1,8 +1,10 @@
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tf_volpose import crop
+from tests.conftest import jpeg_with_exif_orientation
 
 
 def _smooth_image(h=120, w=160):
@@ -83,3 +85,24 @@ def test_xywh_from_box_inverts_box_from_xywh_for_squares():
     np.testing.assert_allclose(crop.xywh_from_box([50.0, 60.0], 0.25), [25.0, 35.0, 50.0, 50.0])
     with pytest.raises(ValueError, match="scale"):
         crop.xywh_from_box([0.0, 0.0], -1.0)
+
+
+def test_upright_image_bytes_applies_the_exif_orientation_for_tf_decoders():
+    stored = (_smooth_image(40, 60) * 80 + 100).clip(0, 255).astype(np.uint8)  # 40 x 60, BGR
+    rotated = jpeg_with_exif_orientation(stored, 6)  # 6: displayed turned 90 deg clockwise
+    assert tf.io.decode_image(rotated, channels=3).shape == (40, 60, 3)  # TF ignores EXIF
+    data, image = crop.upright_image_bytes(rotated)
+    expected = cv2.rotate(stored, cv2.ROTATE_90_CLOCKWISE)[..., ::-1]  # RGB, 60 x 40
+    assert image.shape == (60, 40, 3)
+    assert np.abs(image.astype(int) - expected).mean() < 3  # JPEG rounding only
+    decoded = tf.io.decode_image(data, channels=3).numpy()  # what the exported graph sees
+    assert decoded.shape == (60, 40, 3) and np.abs(decoded.astype(int) - expected).mean() < 3
+    # orientation 1 and PNGs are sent as they are
+    upright = jpeg_with_exif_orientation(stored, 1)
+    assert crop.upright_image_bytes(upright)[0] is upright
+    png = cv2.imencode(".png", stored)[1].tobytes()
+    data, image = crop.upright_image_bytes(png)
+    assert data is png and np.array_equal(image, stored[..., ::-1])
+    for bad in (b"", b"\x00\x01 not an image" * 4):
+        with pytest.raises(ValueError, match="not a JPEG or PNG"):
+            crop.upright_image_bytes(bad)

@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from tf_volpose import evaluation, export, training, volume
 from tf_volpose.data import synthetic
 from tf_volpose.models import hourglass
+from tests.conftest import jpeg_with_exif_orientation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "serving"))  # serving/ holds scripts, not a package
@@ -327,6 +328,31 @@ def test_predict_tool_writes_the_figure_and_json(trained, tmp_path):
                           f"--saved_model={path}", "--box=0,0,0,10"], capture_output=True, text=True,
                          timeout=300, cwd=REPO)
     assert bad.returncode != 0 and "box" in bad.stderr
+
+
+def test_predict_tool_sends_an_exif_rotated_photo_upright(trained, tmp_path):
+    config, model, lengths, _ = trained
+    path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    stored = cv2.resize(np.random.default_rng(1).integers(0, 255, (4, 6, 3)).astype(np.uint8),
+                        (150, 100))  # 100 rows x 150 columns as stored
+    image = tmp_path / "phone.jpg"
+    image.write_bytes(jpeg_with_exif_orientation(stored, 6))  # displayed: 150 rows x 100 columns
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"), f"--image={image}",
+                          f"--saved_model={path}", f"--output={tmp_path / 'out.png'}",
+                          f"--output_json={tmp_path / 'out.json'}"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.load(open(tmp_path / "out.json"))
+    assert data["box"] == [0.0, 0.0, 100.0, 150.0]
+    # the graph's default principal point is the centre of the image it decoded: recover it
+    # from u = f X / Z + cx, v = f Y / Z + cy over the joints (cx, cy = 75, 50 if it saw the
+    # stored, sideways pixels)
+    xyz, uv = np.array(data["joints_3d_mm"]), np.array(data["joints_2d_px"])
+    rows = np.concatenate([np.stack([xyz[:, 0] / xyz[:, 2], np.ones(17), np.zeros(17)], 1),
+                           np.stack([xyz[:, 1] / xyz[:, 2], np.zeros(17), np.ones(17)], 1)])
+    focal, cx, cy = np.linalg.lstsq(rows, np.concatenate([uv[:, 0], uv[:, 1]]), rcond=None)[0]
+    np.testing.assert_allclose([cx, cy], [50.0, 75.0], atol=0.5)
 
 
 def test_tools_report_a_wrong_path_in_one_line(tmp_path):

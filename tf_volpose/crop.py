@@ -197,3 +197,29 @@ def box_from_xywh_tf(box, padding=1.0):
     box = tf.cast(box, tf.float32)
     center = box[:, :2] + box[:, 2:] / 2.0
     return center, padding * tf.reduce_max(box[:, 2:], axis=-1) / BOX_SIZE_PX
+
+
+def upright_image_bytes(data):
+    """JPEG/PNG bytes -> bytes whose stored pixels are the upright (displayed) image.
+
+    OpenCV and image viewers apply a JPEG's EXIF orientation; TF's ``decode_image``
+    (the exported graph, the input pipeline) does not, so a phone's portrait photo
+    would reach the network lying on its side, and a box drawn on the displayed
+    image would miss the person. Where the orientation is not the identity, the
+    upright pixels are re-encoded (JPEG, quality 95); otherwise ``data`` is
+    returned as it is.
+
+    Returns:
+      ``(bytes, (H, W, 3) uint8 RGB upright image)``.
+
+    Raises:
+      ValueError: ``data`` is not an image OpenCV can decode.
+    """
+    buffer = np.frombuffer(data, np.uint8)
+    upright = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if upright is None:
+        raise ValueError("not a JPEG or PNG image")
+    stored = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if stored.shape != upright.shape or not np.array_equal(stored, upright):
+        data = cv2.imencode(".jpg", upright, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    return data, np.ascontiguousarray(upright[..., ::-1])

@@ -15,13 +15,12 @@ image centre. Left joints are red, right green.
 import json
 
 import cv2
-import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
 import _cli  # tools/ is on sys.path when this script runs
 import train as train_tool
-from tf_volpose import evaluation, export, skeleton, visualize
+from tf_volpose import crop, evaluation, export, skeleton, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Input image (JPEG or PNG).")
@@ -56,10 +55,11 @@ def main(argv):
         data = open(FLAGS.image, "rb").read()
     except OSError as e:
         raise app.UsageError(f"cannot read --image={FLAGS.image}: {e}")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise app.UsageError(f"--image={FLAGS.image} is not a readable JPEG/PNG")
-    image = image[..., ::-1]
+    try:
+        # upright pixels for both the graph and the figure (phone photos carry EXIF rotations)
+        data, image = crop.upright_image_bytes(data)
+    except ValueError:
+        raise app.UsageError(f"--image={FLAGS.image} is not a readable JPEG/PNG") from None
     h, w = image.shape[:2]
     box = [float(v) for v in FLAGS.box] if FLAGS.box else [0.0, 0.0, float(w), float(h)]
     if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
