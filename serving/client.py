@@ -11,7 +11,6 @@ exponential backoff on UNAVAILABLE; REST posts ``{"instances": [{"image_bytes":
 
 import base64
 import json
-import math
 import time
 import urllib.error
 import urllib.request
@@ -37,20 +36,6 @@ class ServingError(RuntimeError):
     def __init__(self, code, message):
         super().__init__(f"{code}: {message}")
         self.code = code
-
-
-def _box(box, image_size):
-    """``--box`` as 4 floats, or the whole image of ``image_size`` (W, H) px without one."""
-    if not box:
-        return [0.0, 0.0, float(image_size[0]), float(image_size[1])]
-    box = [float(v) for v in box]
-    if len(box) != 4:
-        raise ValueError(f"box must be x,y,w,h, got {box}")
-    # checked here too: behind TF Serving's batching a request the graph rejects also
-    # fails the requests batched with it (serving/README.md)
-    if not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
-        raise ValueError(f"box must be finite with positive width and height, got {box}")
-    return box
 
 
 class GrpcClient:
@@ -190,7 +175,9 @@ def main(argv):
     except OSError as e:
         raise SystemExit(f"error: {e}") from None
     try:
-        box = _box(FLAGS.box, (image.shape[1], image.shape[0]))
+        # checked here too: behind TF Serving's batching a request the graph rejects
+        # also fails the requests batched with it (serving/README.md)
+        box = crop.xywh_or_whole_image(FLAGS.box, (image.shape[1], image.shape[0]))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     try:

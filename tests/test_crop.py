@@ -106,3 +106,14 @@ def test_upright_image_bytes_applies_the_exif_orientation_for_tf_decoders():
     for bad in (b"", b"\x00\x01 not an image" * 4):
         with pytest.raises(ValueError, match="not a JPEG or PNG"):
             crop.upright_image_bytes(bad)
+
+
+def test_xywh_or_whole_image():
+    assert crop.xywh_or_whole_image(None, (640, 480)) == [0.0, 0.0, 640.0, 480.0]
+    assert crop.xywh_or_whole_image([], (640, 480)) == [0.0, 0.0, 640.0, 480.0]
+    assert crop.xywh_or_whole_image(["10", "20.5", "30", "40"], (640, 480)) == [10, 20.5, 30, 40]
+    for bad, message in ((["1", "2"], "x,y,w,h"), (["a", "0", "1", "1"], "4 numbers"),
+                         ([0, 0, 0, 10], "positive width"), ([0, 0, 10, -1], "positive width"),
+                         ([0, float("nan"), 10, 10], "finite"), ([0, 0, float("inf"), 10], "finite")):
+        with pytest.raises(ValueError, match=message):
+            crop.xywh_or_whole_image(bad, (640, 480))

@@ -192,6 +192,29 @@ def box_from_joints(joints_2d, margin=1.15, visible=None):
     return (lo + hi) / 2.0, side / BOX_SIZE_PX
 
 
+def xywh_or_whole_image(values, image_size):
+    """A person box ``(x, y, w, h)`` px as given (e.g. on a command line), or the whole image.
+
+    Args:
+      values: 4 numbers (or strings of numbers), or empty/None for the whole image.
+      image_size: ``(W, H)`` px of the (upright) image.
+
+    Raises:
+      ValueError: not 4 finite numbers with positive width and height.
+    """
+    if not values:
+        return [0.0, 0.0, float(image_size[0]), float(image_size[1])]
+    try:
+        box = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"box must be 4 numbers x,y,w,h, got {values}") from None
+    if len(box) != 4:
+        raise ValueError(f"box must be x,y,w,h, got {box}")
+    if not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"box must be finite with positive width and height, got {box}")
+    return box
+
+
 def box_from_xywh_tf(box, padding=1.0):
     """TF version of :func:`box_from_xywh` for ``(B, 4)`` ``x, y, w, h`` -> ``(center (B, 2), scale (B,))``."""
     box = tf.cast(box, tf.float32)

@@ -61,9 +61,7 @@ def main(argv):
     except ValueError:
         raise app.UsageError(f"--image={FLAGS.image} is not a readable JPEG/PNG") from None
     h, w = image.shape[:2]
-    box = [float(v) for v in FLAGS.box] if FLAGS.box else [0.0, 0.0, float(w), float(h)]
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise app.UsageError(f"--box must be x,y,w,h with positive w and h, got {FLAGS.box}")
+    box = crop.xywh_or_whole_image(FLAGS.box, (w, h))
     default, with_intrinsics, _ = load_predictor()
     inputs = dict(image_bytes=tf.constant([data]), box=tf.constant([box], tf.float32))
     if FLAGS.focal:
