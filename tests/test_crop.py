@@ -112,8 +112,11 @@ def test_xywh_or_whole_image():
     assert crop.xywh_or_whole_image(None, (640, 480)) == [0.0, 0.0, 640.0, 480.0]
     assert crop.xywh_or_whole_image([], (640, 480)) == [0.0, 0.0, 640.0, 480.0]
     assert crop.xywh_or_whole_image(["10", "20.5", "30", "40"], (640, 480)) == [10, 20.5, 30, 40]
-    for bad, message in ((["1", "2"], "x,y,w,h"), (["a", "0", "1", "1"], "4 numbers"),
-                         ([0, 0, 0, 10], "positive width"), ([0, 0, 10, -1], "positive width"),
-                         ([0, float("nan"), 10, 10], "finite"), ([0, 0, float("inf"), 10], "finite")):
+    for bad, message in ((["1", "2"], r"x,y,w,h\) must have shape \(4,\)"),
+                         (["a", "0", "1", "1"], "must be numeric"),
+                         ([0, 0, 0, 10], "width and height must be positive"),
+                         ([0, 0, 10, -1], "width and height must be positive"),
+                         ([0, float("nan"), 10, 10], "NaN or Inf"),
+                         ([0, 0, float("inf"), 10], "NaN or Inf")):
         with pytest.raises(ValueError, match=message):
             crop.xywh_or_whole_image(bad, (640, 480))

@@ -383,9 +383,10 @@ def test_client_cli_reports_bad_input_in_one_line_before_connecting(tmp_path):
     port = _free_port()  # nothing listens: each case must fail before any call
     for args, message in (([f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
                           ([f"--image={text}"], "is not a JPEG or PNG image"),
-                          ([f"--image={image}", "--box=0,0,0,10"], "positive width and height"),
-                          ([f"--image={image}", "--box=0,0,nan,10"], "must be finite"),
-                          ([f"--image={image}", "--box=1,2"], "box must be x,y,w,h")):
+                          ([f"--image={image}", "--box=0,0,0,10"],
+                           "box width and height must be positive"),
+                          ([f"--image={image}", "--box=0,0,nan,10"], "NaN or Inf"),
+                          ([f"--image={image}", "--box=1,2"], "must have shape (4,)")):
         out = subprocess.run([sys.executable, str(REPO / "serving" / "client.py"),
                               f"--server=127.0.0.1:{port}", *args],
                              capture_output=True, text=True, timeout=120, cwd=REPO,

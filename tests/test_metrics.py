@@ -9,6 +9,10 @@ def test_mpjpe_by_hand():
     pred = np.array([[[10, 10, 10], [13, 14, 10], [10, 10, 20]]], float)
     # after root alignment the errors are 0, 5, 10 -> mean 5
     np.testing.assert_allclose(metrics.mpjpe(pred, gt), [5.0])
+    np.testing.assert_allclose(metrics.joint_errors(pred, gt), [[0.0, 5.0, 10.0]])
+    # aligned at joint 2 instead: pred - pred[2] = (0,0,-10), (3,4,-10), 0
+    np.testing.assert_allclose(metrics.joint_errors(pred, gt, root=2),
+                               [[10.0, np.sqrt(125.0), 0.0]])
 
 
 def test_pa_mpjpe_by_hand_procrustes():

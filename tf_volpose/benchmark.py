@@ -291,16 +291,12 @@ def export_precision_speed(model, config, bone_lengths, file_pattern, batch_size
     result["bf16_speedup"] = result["bf16_img_per_s"] / result["fp32_img_per_s"]
     joints = {p: o["joints_3d_mm"] for p, o in outputs.items()}
     low, high = outputs["bf16"], outputs["fp32"]
-
-    def root_relative_distance(a, b):
-        return np.linalg.norm((a - a[:, root:root + 1]) - (b - b[:, root:root + 1]), axis=-1)
-
     absolute = np.linalg.norm(joints["bf16"] - joints["fp32"], axis=-1)
-    relative = root_relative_distance(joints["bf16"], joints["fp32"])
+    relative = metrics.joint_errors(joints["bf16"], joints["fp32"], root)
     # the network and decoding alone: bf16's joints slid to fp32's root depth
-    same_root = root_relative_distance(
+    same_root = metrics.joint_errors(
         volume.move_root_depth(joints["bf16"], low["root_depth_mm"], high["root_depth_mm"]),
-        joints["fp32"])
+        joints["fp32"], root)
     for name, d in (("abs", absolute), ("root_relative", relative),
                     ("same_root_depth", same_root)):
         result[f"joint_diff_{name}_mm"] = dict(_spread(d), within_1mm=float((d <= 1.0).mean()))

@@ -204,15 +204,9 @@ def xywh_or_whole_image(values, image_size):
     """
     if not values:
         return [0.0, 0.0, float(image_size[0]), float(image_size[1])]
-    try:
-        box = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"box must be 4 numbers x,y,w,h, got {values}") from None
-    if len(box) != 4:
-        raise ValueError(f"box must be x,y,w,h, got {box}")
-    if not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
-        raise ValueError(f"box must be finite with positive width and height, got {box}")
-    return box
+    box = _checks.as_array("box (x,y,w,h)", values, shape=(4,))
+    _checks.positive("box width and height", box[2:])
+    return box.tolist()
 
 
 def box_from_xywh_tf(box, padding=1.0):

@@ -47,20 +47,26 @@ def _pair(pred, gt, last):
     return pred, gt
 
 
-def mpjpe(pred, gt, root=0):
-    """Per-frame MPJPE after root alignment.
+def joint_errors(pred, gt, root=0):
+    """Per-joint Euclidean error after root alignment.
 
     Args:
       pred, gt: (F, J, 3) mm.
       root: index of the joint aligned before measuring.
 
     Returns:
-      (F,) mean over all J joints (root included) of the Euclidean error, mm.
+      (F, J) mm (0 at the root).
     """
     pred, gt = _pair(pred, gt, 3)
     pred = pred - pred[:, root:root + 1]
     gt = gt - gt[:, root:root + 1]
-    return np.linalg.norm(pred - gt, axis=-1).mean(-1)
+    return np.linalg.norm(pred - gt, axis=-1)
+
+
+def mpjpe(pred, gt, root=0):
+    """Per-frame MPJPE after root alignment: (F,) mean of :func:`joint_errors` over all J
+    joints (root included), mm."""
+    return joint_errors(pred, gt, root).mean(-1)
 
 
 def procrustes_align(pred, gt):
