@@ -169,10 +169,8 @@ def main(argv):
     FLAGS = flags.FLAGS
     try:
         # the server decodes the bytes as stored: send phone photos (EXIF-rotated) upright
-        data, image = crop.upright_image_bytes(open(FLAGS.image, "rb").read())
-    except ValueError:
-        raise SystemExit(f"error: {FLAGS.image} is not a JPEG or PNG image") from None
-    except OSError as e:
+        data, image = crop.read_upright_image(FLAGS.image)
+    except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     try:
         # checked here too: behind TF Serving's batching a request the graph rejects

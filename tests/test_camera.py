@@ -57,6 +57,15 @@ def test_bad_inputs_name_the_argument():
         camera.Camera.from_h36m("S99", "54138969")
 
 
+def test_focal_lengths_from_a_command_line():
+    assert camera.focal_lengths(["1145.5", "1144"]) == [1145.5, 1144.0]
+    for bad, message in ((["1000"], r"must have shape \(2,\)"), ([1, 2, 3], r"shape \(2,\)"),
+                         (["-5", "500"], "must be positive"), ([0, 500], "must be positive"),
+                         (["nan", "1"], "NaN or Inf"), (["abc", "1"], "must be numeric")):
+        with pytest.raises(ValueError, match=message):
+            camera.focal_lengths(bad)
+
+
 def test_bundled_table_matches_shared_file(shared_data):
     shared = json.loads((shared_data / "h36m_cameras.json").read_text())
     for subject in ("S1", "S9", "S11"):

@@ -108,6 +108,21 @@ def test_upright_image_bytes_applies_the_exif_orientation_for_tf_decoders():
             crop.upright_image_bytes(bad)
 
 
+def test_read_upright_image_names_the_file(tmp_path):
+    stored = (_smooth_image(40, 60) * 80 + 100).clip(0, 255).astype(np.uint8)
+    photo = tmp_path / "phone.jpg"
+    photo.write_bytes(jpeg_with_exif_orientation(stored, 6))
+    data, image = crop.read_upright_image(str(photo))
+    want_data, want_image = crop.upright_image_bytes(photo.read_bytes())
+    assert data == want_data and np.array_equal(image, want_image) and image.shape == (60, 40, 3)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match=f"^{text} is not a JPEG or PNG image$"):
+        crop.read_upright_image(str(text))
+    with pytest.raises(OSError, match="missing.jpg"):
+        crop.read_upright_image(str(tmp_path / "missing.jpg"))
+
+
 def test_xywh_or_whole_image():
     assert crop.xywh_or_whole_image(None, (640, 480)) == [0.0, 0.0, 640.0, 480.0]
     assert crop.xywh_or_whole_image([], (640, 480)) == [0.0, 0.0, 640.0, 480.0]

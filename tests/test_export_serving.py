@@ -103,6 +103,38 @@ def test_signatures_name_a_batch_mismatch_before_decoding(trained, inputs, messa
             module.serving_default(images, boxes)
 
 
+def test_loaded_export_holds_each_input_to_its_signature_shape(trained, tmp_path):
+    """As TF Serving runs it: a loaded signature (like TF Serving) does not check shapes itself."""
+    config, model, lengths, _ = trained
+    loaded = tf.saved_model.load(export.export_saved_model(model, config, str(tmp_path / "v"),
+                                                           lengths))
+    images, box = tf.constant([_jpeg()]), tf.constant([[0.0, 0.0, 90.0, 120.0]])
+    focal, principal = tf.constant([[150.0, 150.0]]), tf.constant([[45.0, 60.0]])
+    for name, inputs in (
+            # before the shape checks: answered as if valid (the first and the focal one),
+            # or failed inside the graph with messages that name no input
+            ("box", dict(box=tf.constant([[0.0, 0.0, 90.0]]))),
+            ("box", dict(box=tf.constant([[0.0, 0.0, 90.0, 120.0, 1.0]]))),
+            ("box", dict(box=tf.constant([0.0, 0.0, 90.0, 120.0]))),
+            ("box", dict(box=tf.constant([[[0.0, 0.0, 90.0, 120.0]]]))),
+            ("image_bytes", dict(image_bytes=tf.constant(_jpeg()))),
+            ("image_bytes", dict(image_bytes=tf.constant([[_jpeg()]]))),
+            ("focal", dict(focal=tf.constant([[150.0]]))),
+            ("focal", dict(focal=tf.constant([[150.0, 150.0, 1.0]]))),
+            ("principal_point", dict(principal_point=tf.constant([[45.0]])))):
+        calibrated = name in ("focal", "principal_point")
+        args = dict(image_bytes=images, box=box, **(dict(focal=focal, principal_point=principal)
+                                                    if calibrated else {}))
+        args.update(inputs)
+        signature = loaded.signatures["with_intrinsics" if calibrated else "serving_default"]
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"Shape of tensor \S*{name}\S* \[[\d,]*\] is not compatible"):
+            signature(**args)
+    good = loaded.signatures["with_intrinsics"](image_bytes=images, box=box, focal=focal,
+                                                principal_point=principal)
+    assert good["joints_3d_mm"].shape == (1, 17, 3)
+
+
 def test_saved_model_cli_lists_the_signatures(trained, tmp_path):
     config, model, lengths, _ = trained
     path = export.export_saved_model(model, config, str(tmp_path / "v"), lengths)
@@ -355,10 +387,29 @@ def test_predict_tool_sends_an_exif_rotated_photo_upright(trained, tmp_path):
     np.testing.assert_allclose([cx, cy], [50.0, 75.0], atol=0.5)
 
 
+def _assert_one_line_errors(script, cases):
+    """Runs ``script`` once per ``(args, message)``: each must exit 1 with no traceback and
+    no usage dump, its last line ``error: ...`` containing ``message``."""
+    for args, message in cases:
+        out = subprocess.run([sys.executable, str(REPO / script), *args],
+                             capture_output=True, text=True, timeout=300, cwd=REPO,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
+        assert not any(line.startswith("flags:") for line in lines), out.stderr[-2000:]
+
+
+def _image_and_text_files(directory):
+    image, text = directory / "photo.jpg", directory / "notes.txt"
+    image.write_bytes(_jpeg(h=64, w=48))
+    text.write_text("not an image")
+    return image, text
+
+
 def test_tools_report_a_wrong_path_in_one_line(tmp_path):
     """A missing checkpoint or export is one ``error:`` line naming it, exit 1, no traceback."""
-    image = tmp_path / "photo.jpg"
-    image.write_bytes(_jpeg(h=64, w=48))
+    image, _ = _image_and_text_files(tmp_path)
     missing = tmp_path / "runs" / "nothing_here"
     for tool, args in (("tools/export.py", [f"--checkpoint={missing}",
                                             f"--export_base={tmp_path / 'exports'}"]),
@@ -366,32 +417,29 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
                        ("tools/eval.py", [f"--checkpoint={missing}"]),
                        ("serving/server.py", [f"--model_base_path={missing}",
                                               f"--port={_free_port()}"])):
-        out = subprocess.run([sys.executable, str(REPO / tool), *args],
-                             capture_output=True, text=True, timeout=300, cwd=REPO,
-                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        last = out.stderr.strip().splitlines()[-1]
-        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-        assert last.startswith("error: ") and str(missing) in last, last
+        _assert_one_line_errors(tool, [(args, str(missing))])
     assert not (tmp_path / "exports").exists()  # nothing written
 
 
+def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):
+    image, text = _image_and_text_files(tmp_path)
+    model = f"--saved_model={tmp_path / 'no_export'}"  # each case must fail before loading it
+    _assert_one_line_errors("tools/predict.py", [
+        ([model, f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
+        ([model, f"--image={text}"], f"{text} is not a JPEG or PNG image"),
+        ([model, f"--image={image}", "--box=0,0,0,10"], "box width and height must be positive"),
+        ([model, f"--image={image}", "--focal=1000"], "must have shape (2,)"),
+        ([model, f"--image={image}", "--focal=-5,500"], "must be positive"),
+        ([model, f"--image={image}", "--focal=nan,1"], "NaN or Inf")])
+
+
 def test_client_cli_reports_bad_input_in_one_line_before_connecting(tmp_path):
-    image = tmp_path / "photo.jpg"
-    image.write_bytes(_jpeg(h=64, w=48))
-    text = tmp_path / "notes.txt"
-    text.write_text("not an image")
-    port = _free_port()  # nothing listens: each case must fail before any call
-    for args, message in (([f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
-                          ([f"--image={text}"], "is not a JPEG or PNG image"),
-                          ([f"--image={image}", "--box=0,0,0,10"],
-                           "box width and height must be positive"),
-                          ([f"--image={image}", "--box=0,0,nan,10"], "NaN or Inf"),
-                          ([f"--image={image}", "--box=1,2"], "must have shape (4,)")):
-        out = subprocess.run([sys.executable, str(REPO / "serving" / "client.py"),
-                              f"--server=127.0.0.1:{port}", *args],
-                             capture_output=True, text=True, timeout=120, cwd=REPO,
-                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        last = out.stderr.strip().splitlines()[-1]
-        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-        assert last.startswith("error: ") and message in last, last
+    image, text = _image_and_text_files(tmp_path)
+    server = f"--server=127.0.0.1:{_free_port()}"  # nothing listens: each must fail before a call
+    _assert_one_line_errors("serving/client.py", [
+        ([server, f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
+        ([server, f"--image={text}"], f"{text} is not a JPEG or PNG image"),
+        ([server, f"--image={image}", "--box=0,0,0,10"], "box width and height must be positive"),
+        ([server, f"--image={image}", "--box=0,0,nan,10"], "NaN or Inf"),
+        ([server, f"--image={image}", "--box=1,2"], "must have shape (4,)")])
 

@@ -31,6 +31,17 @@ def focal_from_fov(image_side_px, fov_deg=DEFAULT_FOV_DEG):
     return image_side_px / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
 
 
+def focal_lengths(values):
+    """``(fx, fy)`` px as given (e.g. on a command line) -> two floats.
+
+    Raises:
+      ValueError: not two finite positive numbers.
+    """
+    focal = _checks.as_array("focal (fx,fy)", values, shape=(2,))
+    _checks.positive("focal (fx,fy)", focal)
+    return focal.tolist()
+
+
 def intrinsics_matrix_tf(focal, principal):
     """Batched TF ``K``: ``(B, 2)`` focal lengths and principal points -> ``(B, 3, 3)``."""
     focal = tf.cast(focal, tf.float32)

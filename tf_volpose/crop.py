@@ -240,3 +240,18 @@ def upright_image_bytes(data):
     if stored.shape != upright.shape or not np.array_equal(stored, upright):
         data = cv2.imencode(".jpg", upright, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
     return data, np.ascontiguousarray(upright[..., ::-1])
+
+
+def read_upright_image(path):
+    """:func:`upright_image_bytes` of the file at ``path``.
+
+    Raises:
+      OSError: the file cannot be read (the message names it).
+      ValueError: ``<path> is not a JPEG or PNG image``.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return upright_image_bytes(data)
+    except ValueError:
+        raise ValueError(f"{path} is not a JPEG or PNG image") from None

@@ -84,8 +84,18 @@ class ServingModule(tf.Module):
         Every output depends on the checks, so a bad request fails with their
         message instead of first failing deeper (``map_fn``, the network, the
         intrinsics) with one that names no input.
+
+        Each input is first held to its signature's shape at run time
+        (``EnsureShape``: ``Shape of tensor box [1,3] is not compatible with
+        expected shape [?,4]``). TF Serving does not check a request's tensors
+        against the signature (tensorflow/serving#1527), and a rank check
+        written with ``tf.shape`` is constant-folded from the signature's
+        static shape; without it a ``(B, 3)`` box or a focal of 3 numbers was
+        answered as if valid, and other shapes failed deep in the graph.
         """
-        box = tf.cast(box, tf.float32)
+        image_bytes = tf.ensure_shape(image_bytes, image_bytes.shape)
+        box = tf.cast(tf.ensure_shape(box, box.shape), tf.float32)
+        per_image = {name: tf.ensure_shape(value, value.shape) for name, value in per_image.items()}
         batch = tf.shape(image_bytes)[0]
         checks = [
             tf.debugging.assert_positive(batch, "image_bytes holds no images (empty batch)"),

@@ -20,7 +20,7 @@ from absl import app, flags
 
 import _cli  # tools/ is on sys.path when this script runs
 import train as train_tool
-from tf_volpose import crop, evaluation, export, skeleton, visualize
+from tf_volpose import camera, crop, evaluation, export, skeleton, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Input image (JPEG or PNG).")
@@ -51,21 +51,15 @@ def load_predictor():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        data = open(FLAGS.image, "rb").read()
-    except OSError as e:
-        raise app.UsageError(f"cannot read --image={FLAGS.image}: {e}")
-    try:
-        # upright pixels for both the graph and the figure (phone photos carry EXIF rotations)
-        data, image = crop.upright_image_bytes(data)
-    except ValueError:
-        raise app.UsageError(f"--image={FLAGS.image} is not a readable JPEG/PNG") from None
+    # upright pixels for both the graph and the figure (phone photos carry EXIF rotations)
+    data, image = crop.read_upright_image(FLAGS.image)
     h, w = image.shape[:2]
+    # checked before loading anything: the graph would refuse them too, but with a traceback
     box = crop.xywh_or_whole_image(FLAGS.box, (w, h))
+    focal = camera.focal_lengths(FLAGS.focal) if FLAGS.focal else None
     default, with_intrinsics, _ = load_predictor()
     inputs = dict(image_bytes=tf.constant([data]), box=tf.constant([box], tf.float32))
-    if FLAGS.focal:
-        focal = [float(v) for v in FLAGS.focal]
+    if focal:
         out = with_intrinsics(**inputs, focal=tf.constant([focal], tf.float32),
                               principal_point=tf.constant([[w / 2.0, h / 2.0]], tf.float32))
     else:
