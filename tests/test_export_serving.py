@@ -135,6 +135,33 @@ def test_loaded_export_holds_each_input_to_its_signature_shape(trained, tmp_path
     assert good["joints_3d_mm"].shape == (1, 17, 3)
 
 
+def test_export_runs_in_a_tf1_session_as_tf_serving_loads_it(trained, tmp_path):
+    """TF Serving's C++ loader (like ``saved_model_cli run``) restores the export into a TF1
+    session with the saver's restore op; before ``export._saveable`` every request failed
+    there with ``Could not find variable ...`` while ``tf.saved_model.load`` worked."""
+    config, model, lengths, _ = trained
+    images = np.array([_jpeg(), _jpeg(seed=1)], object)
+    boxes = np.array([[10.0, 20.0, 60.0, 80.0], [0.0, 0.0, 90.0, 120.0]], np.float32)
+    keys = ("joints_3d_mm", "joints_2d_px", "joints_voxel", "confidence")
+    for precision in export.PRECISIONS:
+        path = export.export_saved_model(model, config, str(tmp_path / precision), lengths,
+                                         precision=precision)
+        stored = [key for key in tf.train.load_checkpoint(os.path.join(path, "variables",
+                                                                       "variables"))
+                  .get_variable_to_shape_map() if key.endswith("VARIABLE_VALUE")]
+        assert len(stored) == len(model.variables)  # each weight once
+        want = tf.saved_model.load(path).signatures["serving_default"](
+            image_bytes=tf.constant(images), box=tf.constant(boxes))
+        with tf.compat.v1.Session(graph=tf.Graph()) as session:
+            meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+            signature = meta.signature_def["serving_default"]
+            got = session.run({key: signature.outputs[key].name for key in keys},
+                              {signature.inputs["image_bytes"].name: images,
+                               signature.inputs["box"].name: boxes})
+        for key in keys:
+            np.testing.assert_allclose(got[key], want[key].numpy(), rtol=1e-5, atol=1e-4)
+
+
 def test_saved_model_cli_lists_the_signatures(trained, tmp_path):
     config, model, lengths, _ = trained
     path = export.export_saved_model(model, config, str(tmp_path / "v"), lengths)

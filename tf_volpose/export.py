@@ -233,6 +233,28 @@ def build_for_precision(model, config, precision):
     return low
 
 
+def _saveable(functions):
+    """A ``tf.Module`` holding ``functions`` and exactly the ``tf.Variable``s they read.
+
+    Saving the :class:`ServingModule` itself (which holds the Keras model) wrote
+    a SavedModel that ``tf.saved_model.load`` restores but whose graph, as TF
+    Serving's C++ loader and ``saved_model_cli run`` use it (a TF1 session that
+    runs the saver's restore op), restored Keras 3's variable wrappers into one
+    set of variable handles while the signatures read another: every request
+    failed with ``Could not find variable ...`` (keras-team/keras#19274,
+    tensorflow/serving#2250). Tracking the variables the traced functions
+    capture, and not the model, leaves one set, each variable stored once.
+    """
+    root = tf.Module()
+    captured = {}
+    for name, function in functions.items():
+        setattr(root, name, function)
+        for variable in function.get_concrete_function().graph.variables:
+            captured[id(variable)] = variable
+    root.variables_read = list(captured.values())
+    return root
+
+
 def export_saved_model(model, config, export_base, bone_lengths, version=None, precision="fp32",
                        decode="local_softargmax", fov_deg=DEFAULT_FOV_DEG, model_name="volpose"):
     """Writes ``export_base/<version>/`` atomically; returns its path.
@@ -253,13 +275,11 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
         raise ValueError(f"export version {final} already exists; choose another --version")
     module = ServingModule(build_for_precision(model, config, precision), config, bone_lengths,
                            decode, fov_deg)
+    signatures = {"serving_default": module.serving_default,
+                  "with_intrinsics": module.with_intrinsics, "heatmaps": module.heatmaps}
     tmp = os.path.join(export_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     try:
-        tf.saved_model.save(module, tmp, signatures={
-            "serving_default": module.serving_default,
-            "with_intrinsics": module.with_intrinsics,
-            "heatmaps": module.heatmaps,
-        })
+        tf.saved_model.save(_saveable(signatures), tmp, signatures=signatures)
         write_warmup_requests(os.path.join(tmp, "assets.extra", WARMUP_FILE), model_name)
         os.rename(tmp, final)
     finally:
