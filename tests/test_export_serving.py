@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from tensorflow_serving.apis import prediction_log_pb2
 
 from tf_volpose import evaluation, export, training, volume
 from tf_volpose.data import synthetic
@@ -152,12 +153,23 @@ def test_export_runs_in_a_tf1_session_as_tf_serving_loads_it(trained, tmp_path):
         assert len(stored) == len(model.variables)  # each weight once
         want = tf.saved_model.load(path).signatures["serving_default"](
             image_bytes=tf.constant(images), box=tf.constant(boxes))
+        warmup = list(tf.data.TFRecordDataset(
+            os.path.join(path, "assets.extra", export.WARMUP_FILE)).as_numpy_iterator())
+        assert len(warmup) == 2
         with tf.compat.v1.Session(graph=tf.Graph()) as session:
             meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
             signature = meta.signature_def["serving_default"]
             got = session.run({key: signature.outputs[key].name for key in keys},
                               {signature.inputs["image_bytes"].name: images,
                                signature.inputs["box"].name: boxes})
+            # the warm-up requests, replayed as TF Serving does when it loads a version
+            for record in warmup:
+                request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+                warm = meta.signature_def[request.model_spec.signature_name]
+                answer = session.run(warm.outputs["joints_3d_mm"].name,
+                                     {warm.inputs[name].name: tf.make_ndarray(tensor)
+                                      for name, tensor in request.inputs.items()})
+                assert answer.shape == (1, 17, 3) and np.isfinite(answer).all()
         for key in keys:
             np.testing.assert_allclose(got[key], want[key].numpy(), rtol=1e-5, atol=1e-4)
 
