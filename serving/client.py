@@ -170,13 +170,10 @@ def main(argv):
     try:
         # the server decodes the bytes as stored: send phone photos (EXIF-rotated) upright
         data, image = crop.read_upright_image(FLAGS.image)
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
-    try:
         # checked here too: behind TF Serving's batching a request the graph rejects
         # also fails the requests batched with it (serving/README.md)
         box = crop.xywh_or_whole_image(FLAGS.box, (image.shape[1], image.shape[0]))
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     try:
         if FLAGS.rest:

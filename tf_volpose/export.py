@@ -18,9 +18,9 @@ Signatures (batch dimension ``None``):
   at 64^3 x 17: above gRPC's default 4 MB message limit; see ``serving/README.md``).
 
 Bad inputs (undecodable bytes, non-finite or non-positive box, focal or
-principal point, an empty batch, inputs of different batch sizes) fail with
-``InvalidArgumentError`` naming the input, which TF Serving returns as
-``INVALID_ARGUMENT``. No ``jit_compile`` (TF Serving cannot run XLA
+principal point, an empty batch, inputs of different batch sizes, a tensor
+not of its signature's shape) fail with ``InvalidArgumentError`` naming the
+input, which TF Serving returns as ``INVALID_ARGUMENT``. No ``jit_compile`` (TF Serving cannot run XLA
 functions on GPU).
 
 :func:`export_saved_model` writes ``<export_base>/<version>/`` through a
