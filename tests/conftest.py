@@ -36,6 +36,14 @@ def random_pose(rng, root_depth=4500.0):
     return pose + np.array([rng.uniform(-500, 500), rng.uniform(-200, 200), root_depth])
 
 
+def box_around(pose, K):
+    """``(center (2,) px, scale)`` of a square crop 1.3x the projected pose (scale 1 = 200 px)."""
+    from tf_volpose import camera
+    uv = camera.project_pinhole(pose, K)
+    center = (uv.min(0) + uv.max(0)) / 2
+    return center, 1.3 * (uv.max(0) - uv.min(0)).max() / 200.0
+
+
 def jpeg_with_exif_orientation(image, orientation):
     """JPEG bytes of ``image`` with an EXIF APP1 segment holding only the orientation tag."""
     data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()

@@ -1,13 +1,16 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_volpose import camera, crop, evaluation, metrics, training, volume
+from tf_volpose import camera, crop, evaluation, metrics, skeleton, training, volume
 from tf_volpose.data import synthetic
+from tests.conftest import REPO, box_around, random_pose
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +52,14 @@ def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
     config = _config(data_dir, tmp_path)
     training.train(config)
     evaluation.write_bone_lengths(config.train_pattern)
-    for root_depth in ("gt", "bone_lengths"):
-        options = evaluation.EvalOptions(root_depth=root_depth, flip_test=True)
+    calibrated, scale = evaluation.write_model_bone_lengths(config, str(tmp_path))
+    assert calibrated == str(tmp_path / evaluation.MODEL_BONE_LENGTHS_FILE)
+    data = json.load(open(calibrated))
+    assert data["source"] == "model" and data["poses"] == 12 and data["scale"] == scale
+    assert data["checkpoint"].startswith(str(tmp_path)) and data["decode"] == config.decode
+    for root_depth, lengths in (("gt", ""), ("bone_lengths", ""), ("bone_lengths", calibrated)):
+        options = evaluation.EvalOptions(root_depth=root_depth, bone_lengths=lengths,
+                                         flip_test=True)
         result, paths = evaluation.evaluate(config, options, checkpoint=str(tmp_path))
         assert os.path.dirname(paths[0]) == str(tmp_path)  # beside the checkpoint
         data = json.load(open(paths[0]))
@@ -79,6 +88,74 @@ def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
     result, _ = evaluation.evaluate(no_flip, evaluation.EvalOptions(), checkpoint=str(tmp_path),
                                     output_dir=str(tmp_path / "no_flip"))
     assert np.isfinite(result["mpjpe_mm"]["Average"]["mean"])
+    # the tool calibrates the same lengths from the run directory alone
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "bone_lengths.py"),
+                          f"--checkpoint={tmp_path}", f"--output={tmp_path / 'cli.json'}"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0 and f"wrote {tmp_path / 'cli.json'}" in out.stdout, out.stderr[-2000:]
+    np.testing.assert_allclose(evaluation.load_bone_lengths(str(tmp_path / "cli.json")),
+                               evaluation.load_bone_lengths(calibrated), rtol=1e-5)
+
+
+LIMBS = [(2, 1), (3, 2), (5, 4), (6, 5), (12, 11), (13, 12), (15, 14), (16, 15)]  # (child, parent)
+
+
+def _short_limbed_predictions(rng, count, grid, K):
+    """Predictions of a 'model' that decodes every pose exactly except its arms and legs,
+    at 0.7x their length; lifted at the true root depth as collect_predictions does."""
+    out = {k: [] for k in ("pred_mm", "pred_voxels", "K", "center", "scale", "root_depth_mm",
+                           "true_mm")}
+    for _ in range(count):
+        true = random_pose(rng, root_depth=rng.uniform(2500.0, 7000.0))
+        pred = true.copy()
+        for child, parent in LIMBS:  # parents first
+            pred[child] = pred[parent] + 0.7 * (true[child] - true[parent])
+        center, scale = box_around(true, K)
+        voxels = grid.encode(pred, K=K, center=center, scale=scale)
+        out["pred_voxels"].append(voxels)
+        out["pred_mm"].append(grid.lift(voxels, K=K, center=center, scale=scale,
+                                        root_depth=true[0, 2]))
+        for key, value in (("K", K), ("center", center), ("scale", scale),
+                           ("root_depth_mm", true[0, 2]), ("true_mm", true)):
+            out[key].append(value)
+    out = {k: np.asarray(v, np.float32 if k == "pred_voxels" else np.float64)
+           for k, v in out.items()}
+    out["has_3d"] = np.ones(count, bool)
+    return out
+
+
+def test_bone_lengths_calibrated_to_a_model_that_shortens_limbs(rng):
+    grid = volume.VoxelGrid(64, 64, 1000.0)
+    K = camera.intrinsics_matrix([1145.0, 1143.8], [512.5, 515.4])
+    calibration = _short_limbed_predictions(rng, 100, grid, K)
+    lengths, poses, scale = evaluation.bone_lengths_matching_predictions(calibration, grid)
+    true_lengths = volume.mean_bone_lengths(calibration["true_mm"])
+    ratio = lengths / true_lengths
+    limbs = [skeleton.H36M17.bones.index(bone) for bone in LIMBS]
+    others = np.delete(ratio, limbs)
+    np.testing.assert_allclose(others, scale, rtol=1e-3)  # exact bones: only the common factor
+    np.testing.assert_allclose(ratio[limbs] / scale, 0.7, atol=0.02)
+    assert poses == 100 and 0.95 < scale < 1.15
+
+    def depth_ratio(predictions, bone_lengths):  # fitted / true root depth, median
+        fitted = volume.estimate_root_depth_tf(
+            predictions["pred_voxels"], predictions["K"], predictions["center"],
+            predictions["scale"], bone_lengths, grid).numpy()
+        return np.median(fitted / predictions["root_depth_mm"])
+
+    # on other poses: the true lengths put the short-limbed skeletons ~24% too far
+    # away, the calibrated ones at the right depth
+    held_out = _short_limbed_predictions(rng, 60, grid, K)
+    assert depth_ratio(held_out, true_lengths) > 1.15
+    assert abs(depth_ratio(held_out, lengths) - 1.0) < 0.04
+    # rows without 3D ground truth are left out; none at all is an error
+    calibration["has_3d"][:10] = False
+    calibration["pred_mm"][:10] = np.nan
+    assert evaluation.bone_lengths_matching_predictions(calibration, grid)[1] == 90
+    calibration["has_3d"][:] = False
+    with pytest.raises(ValueError, match="no predictions with 3D ground truth"):
+        evaluation.bone_lengths_matching_predictions(calibration, grid)
 
 
 def test_table_arithmetic_on_hand_made_predictions():
@@ -133,10 +210,7 @@ def test_representation_floor_on_real_h36m_s9(shared_data):
 
 
 def test_eval_tool_oracle_from_the_command_line(data_dir, tmp_path):
-    import pathlib
-    import subprocess
-    import sys
-    repo = pathlib.Path(__file__).resolve().parents[1]
+    repo = REPO
     out = subprocess.run(
         [sys.executable, str(repo / "tools" / "eval.py"), f"--train_pattern={data_dir}/train-*",
          f"--val_pattern={data_dir}/val-*", "--input_size=64", "--depths=1,64", "--oracle=argmax",

@@ -454,10 +454,12 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
                                             f"--export_base={tmp_path / 'exports'}"]),
                        ("tools/predict.py", [f"--image={image}", f"--saved_model={missing}"]),
                        ("tools/eval.py", [f"--checkpoint={missing}"]),
+                       ("tools/bone_lengths.py", [f"--checkpoint={missing}"]),
                        ("serving/server.py", [f"--model_base_path={missing}",
                                               f"--port={_free_port()}"])):
         _assert_one_line_errors(tool, [(args, str(missing))])
     assert not (tmp_path / "exports").exists()  # nothing written
+    _assert_one_line_errors("tools/bone_lengths.py", [([], "give --train_pattern")])
 
 
 def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):

@@ -2,16 +2,14 @@ import numpy as np
 import pytest
 
 from tf_volpose import camera, skeleton, volume
-from tests.conftest import random_pose
+from tests.conftest import box_around, random_pose
 
 K = camera.intrinsics_matrix([1145.0, 1143.8], [512.5, 515.4])
 GRID = volume.VoxelGrid(64, 64, 1000.0)
 
 
 def _box(pose):
-    uv = camera.project_pinhole(pose, K)
-    center = (uv.min(0) + uv.max(0)) / 2
-    return center, 1.3 * (uv.max(0) - uv.min(0)).max() / 200.0
+    return box_around(pose, K)
 
 
 def render_gaussian(voxels, size=64, depth=64, sigma=2.0):

@@ -8,7 +8,9 @@ Root depth: ``gt`` uses the ground-truth root depth; ``bone_lengths`` fits the
 depth whose lifted skeleton best matches the mean training bone lengths
 (``bone_lengths.json`` beside the training records, written by
 ``tools/bone_lengths.py``), robust to single wrong joints
-(:func:`volume.estimate_root_depth`).
+(:func:`volume.estimate_root_depth`), or bone lengths calibrated to a trained
+model's own skeletons (:func:`calibrate_bone_lengths`,
+``tools/bone_lengths.py --checkpoint``).
 """
 
 import dataclasses
@@ -23,6 +25,7 @@ from tf_volpose.data import pipeline, records
 from tf_volpose.models import volumetric
 
 BONE_LENGTHS_FILE = "bone_lengths.json"
+MODEL_BONE_LENGTHS_FILE = "model_bone_lengths.json"  # in the run directory
 ORACLES = ("none", "argmax", "local_softargmax", "quadratic")
 HUMANEVA_ACTIONS = ("Walking", "Jogging")
 
@@ -62,16 +65,109 @@ def compute_bone_lengths(file_pattern, joint_set=skeleton.H36M17):
     return volume.mean_bone_lengths(np.stack(poses), joint_set), len(poses)
 
 
+def _save_bone_lengths(output, joint_set, lengths, poses, **provenance):
+    """Writes the JSON that :func:`load_bone_lengths` reads, atomically."""
+    with open(output + ".tmp", "w") as f:
+        json.dump({"joint_set": joint_set.name, "bones": joint_set.bones,
+                   "lengths_mm": [float(v) for v in lengths], "poses": int(poses),
+                   **provenance}, f, indent=1)
+    os.replace(output + ".tmp", output)
+    return output
+
+
 def write_bone_lengths(file_pattern, output=None, joint_set=skeleton.H36M17):
     """Stores mean training bone lengths as JSON beside the records; returns the path."""
     lengths, count = compute_bone_lengths(file_pattern, joint_set)
     output = output or os.path.join(os.path.dirname(pipeline.list_files(file_pattern)[0]),
                                     BONE_LENGTHS_FILE)
-    with open(output + ".tmp", "w") as f:
-        json.dump({"joint_set": joint_set.name, "bones": joint_set.bones,
-                   "lengths_mm": [float(v) for v in lengths], "poses": count}, f, indent=1)
-    os.replace(output + ".tmp", output)
-    return output
+    return _save_bone_lengths(output, joint_set, lengths, count, source="records",
+                              records=file_pattern)
+
+
+def bone_lengths_matching_predictions(predictions, grid, joint_set=skeleton.H36M17):
+    """Bone lengths that make the root-depth fit unbiased on these predictions.
+
+    Args:
+      predictions: :func:`collect_predictions` output with ``root_depth="gt"``:
+        ``pred_mm`` are the decoded skeletons lifted at the true root depth
+        (``root_depth_mm``); rows without 3D ground truth are skipped.
+      grid: the :class:`volume.VoxelGrid` of ``pred_voxels``.
+
+    Returns:
+      ``(lengths (J-1,) mm in joint_set.bones order, poses used, scale)``:
+      each bone's mean length in the predicted skeletons, times ``scale``, the
+      median ratio of true to fitted root depth when fitting those lengths
+      (the fit is not linear in the lengths: bones along the line of sight do
+      not scale with depth, so the per-bone means alone still leave a bias).
+    """
+    used = predictions["has_3d"] & np.isfinite(predictions["pred_mm"]).all((1, 2))
+    if not used.any():
+        raise ValueError("no predictions with 3D ground truth to calibrate bone lengths on")
+    lengths = volume.mean_bone_lengths(predictions["pred_mm"][used], joint_set)
+    fitted = volume.estimate_root_depth_tf(
+        predictions["pred_voxels"][used], predictions["K"][used], predictions["center"][used],
+        predictions["scale"][used], lengths, grid, joint_set).numpy()
+    scale = float(np.median(predictions["root_depth_mm"][used] / fitted))
+    if not (np.all(lengths > 0) and np.isfinite(scale)):
+        raise ValueError(f"the predicted skeletons give no usable bone lengths ({lengths.tolist()}, "
+                         f"scale {scale}): is the model trained?")
+    return lengths * scale, int(used.sum()), scale
+
+
+def calibrate_bone_lengths(config, model, file_pattern=None, max_examples=1000, decode=None):
+    """Bone lengths calibrated to ``model``'s own skeletons, for its root-depth fit.
+
+    The fit (:func:`volume.estimate_root_depth_tf`) reads a skeleton that is
+    too small as one that is far away. A model's decoded skeletons are not the
+    true ones: where it is unsure it pulls joints toward the mean pose, which
+    shortens limbs (``synthetic_f256nf16``: lower arms at 0.45x their length),
+    so fitting them to the true bone lengths puts people too far away. This
+    runs the model over records with 3D ground truth (default: the training
+    records, so the validation split stays unseen; as many from each file) and
+    returns the lengths its
+    skeletons have at the true depth, scaled so that the fit is unbiased on
+    those records (:func:`bone_lengths_matching_predictions`).
+
+    Args:
+      config: the run's :class:`training.TrainConfig`. model: its trained model.
+      file_pattern: records with 3D joints (default ``config.train_pattern``).
+      max_examples: how many records to run, at most (0: all).
+      decode: heatmap decoding (default ``config.decode``); use the one that
+        will read the heatmaps when the lengths are used (the export's).
+
+    Returns:
+      ``(lengths (J-1,) mm in joint_set.bones order, poses used, scale)``.
+    """
+    file_pattern = file_pattern or config.train_pattern
+    options = EvalOptions(decode=decode or config.decode, root_depth="gt",
+                          max_examples=max_examples)
+    # the same number from every file: the first records alone would be the first
+    # subjects and actions (converters write in sequence order), with their bone lengths
+    files = len(pipeline.list_files(file_pattern))
+    per_file = max(1, max_examples // files) if max_examples else 0
+    predictions = collect_predictions(config, options, model, file_pattern, per_file)
+    return bone_lengths_matching_predictions(predictions, config.grid,
+                                             skeleton.get_joint_set(config.joint_set))
+
+
+def write_model_bone_lengths(config, checkpoint, output=None, file_pattern=None,
+                             max_examples=1000, decode=None):
+    """Calibrates bone lengths to a trained checkpoint and stores them as JSON.
+
+    The default ``output`` is ``model_bone_lengths.json`` in the run directory.
+    Returns ``(path, scale)``; the file says which checkpoint, records and
+    decoding it was calibrated with.
+    """
+    model, source = load_trained_model(config, checkpoint)
+    file_pattern = file_pattern or config.train_pattern
+    joint_set = skeleton.get_joint_set(config.joint_set)
+    lengths, poses, scale = calibrate_bone_lengths(config, model, file_pattern, max_examples,
+                                                   decode)
+    output = output or os.path.join(training.run_directory(checkpoint), MODEL_BONE_LENGTHS_FILE)
+    path = _save_bone_lengths(output, joint_set, lengths, poses, source="model",
+                              checkpoint=source, records=file_pattern,
+                              decode=decode or config.decode, scale=scale)
+    return path, scale
 
 
 def load_bone_lengths(path, joint_set=skeleton.H36M17):
@@ -113,20 +209,23 @@ def _check_flip_test(config, options):
             "mirror would swap the joints the colours identify. Evaluate without flip_test.")
 
 
-def collect_predictions(config, options, model=None, file_pattern=None):
-    """Runs the model (or the oracle) over a split.
+def collect_predictions(config, options, model=None, file_pattern=None, records_per_file=0):
+    """Runs the model (or the oracle) over a split (or the first ``records_per_file``
+    records of each of its files).
 
     Returns:
       dict of NumPy arrays: ``pred_voxels``, ``gt_voxels`` (F, J, 3);
       ``pred_mm``, ``gt_mm`` (F, J, 3) camera frame (NaN rows where there is no
       3D ground truth); ``pred_px``, ``gt_px`` (F, J, 2); ``mask`` (F, J);
-      ``has_3d`` (F,); ``root_depth_mm`` (F,); ``action``, ``subject`` (F,) str.
+      ``has_3d`` (F,); ``root_depth_mm`` (F,); ``action``, ``subject`` (F,) str;
+      the crops' cameras: ``K`` (F, 3, 3), ``center`` (F, 2) px, ``scale`` (F,).
     """
     _check_flip_test(config, options)
     joint_set = skeleton.get_joint_set(config.joint_set)
     grid = config.grid
     ds = pipeline.make_dataset(file_pattern or config.val_pattern, training=False,
-                               batch_size=options.batch_size, **training.pipeline_options(config))
+                               batch_size=options.batch_size, records_per_file=records_per_file,
+                               **training.pipeline_options(config))
     bone_lengths = None
     if options.root_depth == "bone_lengths":
         bone_lengths = load_bone_lengths(options.bone_lengths or default_bone_lengths_path(config),
@@ -146,7 +245,8 @@ def collect_predictions(config, options, model=None, file_pattern=None):
                                          options.decode)[0]
 
     out = {k: [] for k in ("pred_voxels", "gt_voxels", "pred_mm", "gt_mm", "pred_px", "gt_px",
-                           "mask", "has_3d", "root_depth_mm", "action", "subject")}
+                           "mask", "has_3d", "root_depth_mm", "action", "subject", "K", "center",
+                           "scale")}
     seen = 0
     for inputs, targets in ds:
         gt_voxels = targets["joints_voxel"]
@@ -180,6 +280,9 @@ def collect_predictions(config, options, model=None, file_pattern=None):
         out["root_depth_mm"].append(root.numpy())
         out["action"].append(targets["action"].numpy().astype(str))
         out["subject"].append(targets["subject"].numpy().astype(str))
+        out["K"].append(K.numpy())
+        out["center"].append(targets["center"].numpy())
+        out["scale"].append(targets["scale"].numpy())
         seen += len(has_3d)
         if options.max_examples and seen >= options.max_examples:
             break

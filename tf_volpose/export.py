@@ -1,8 +1,9 @@
 """SavedModel export for TF Serving: one request in, the full answer out.
 
 :class:`ServingModule` runs everything inside the graph: decoding the JPEG/PNG
-bytes, cropping the box, the network, sub-voxel decoding, root depth from the
-mean training bone lengths, and lifting to camera-frame millimetres.
+bytes, cropping the box, the network, sub-voxel decoding, root depth from bone
+lengths (the mean training ones, or ones calibrated to the model), and lifting to
+camera-frame millimetres.
 
 Signatures (batch dimension ``None``):
 
@@ -52,7 +53,9 @@ class ServingModule(tf.Module):
     Args:
       model: the trained Keras model.
       config: its :class:`training.TrainConfig`.
-      bone_lengths: (J-1,) mean training bone lengths, mm.
+      bone_lengths: (J-1,) bone lengths, mm, that the root-depth fit matches: the
+        mean training ones, or ones calibrated to the model
+        (:func:`evaluation.calibrate_bone_lengths`).
       decode: heatmap decoding (default ``local_softargmax``).
       fov_deg: field of view of the default intrinsics.
     """

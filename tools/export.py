@@ -4,9 +4,10 @@
         [--precision=fp32|bf16] [--flagfile=CFG]
 
 The model is the run's config.json (flags given explicitly or in a --flagfile
-override its fields). Root depth
-uses the mean training bone lengths (bone_lengths.json beside the training
-records; written on the fly if missing).
+override its fields). Root depth fits the mean training bone lengths
+(bone_lengths.json beside the training records; written on the fly if missing),
+or the lengths in --bone_lengths, e.g. ones calibrated to this model by
+tools/bone_lengths.py --checkpoint (README: root depth from bone lengths).
 """
 
 import os
@@ -15,7 +16,7 @@ from absl import app, flags
 
 import _cli  # tools/ is on sys.path when this script runs
 import train as train_tool
-from tf_volpose import evaluation, export, hardware, skeleton
+from tf_volpose import evaluation, export, hardware, skeleton, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint file or model directory.")
@@ -23,7 +24,9 @@ flags.DEFINE_string("export_base", "exports/volpose", "Base directory of numbere
 flags.DEFINE_integer("version", None, "Version number (default: highest existing + 1).")
 flags.DEFINE_enum("precision", "fp32", list(export.PRECISIONS),
                   "Compute precision of the export (bf16: bfloat16 except the float32 heads).")
-flags.DEFINE_string("bone_lengths", "", "bone_lengths.json (default: beside the training records).")
+flags.DEFINE_string("bone_lengths", "", "Bone lengths JSON the root-depth fit matches (default: "
+                    "bone_lengths.json beside the training records; tools/bone_lengths.py "
+                    "--checkpoint writes one calibrated to the model).")
 flags.DEFINE_float("fov_deg", export.DEFAULT_FOV_DEG, "Field of view of the default intrinsics.")
 flags.DEFINE_string("serving_decode", "local_softargmax", "Heatmap decoding inside the graph.")
 flags.mark_flag_as_required("checkpoint")
@@ -39,10 +42,16 @@ def main(argv):
         lengths_path = evaluation.write_bone_lengths(config.train_pattern, lengths_path, joint_set)
         print(f"wrote {lengths_path}")
     bone_lengths = evaluation.load_bone_lengths(lengths_path, joint_set)
+    calibrated = os.path.join(training.run_directory(FLAGS.checkpoint),
+                              evaluation.MODEL_BONE_LENGTHS_FILE)
+    if not FLAGS.bone_lengths and os.path.exists(calibrated):
+        print(f"note: {calibrated} holds bone lengths calibrated to this run; "
+              f"--bone_lengths={calibrated} uses them")
     model, source = evaluation.load_trained_model(config, FLAGS.checkpoint)
     path = export.export_saved_model(model, config, FLAGS.export_base, bone_lengths, FLAGS.version,
                                      FLAGS.precision, FLAGS.serving_decode, FLAGS.fov_deg)
-    print(f"exported {source} ({FLAGS.precision}) to {path}")
+    print(f"exported {source} ({FLAGS.precision}) to {path}; root depth fits the bone lengths "
+          f"in {lengths_path}")
     if FLAGS.precision == "bf16" and hardware.cpu_has_bf16_instructions() is False:
         print("note: this CPU has no avx512_bf16/amx_bf16 instructions; on such CPUs a bf16 "
               "export runs slower than fp32 (README: bf16 export). Serve it where they exist.")

@@ -45,6 +45,7 @@ class PipelineOptions:
     skip: int = 0  # records to skip (resume position), training only
     num_shards: int = 1  # input pipelines (workers) sharing the records
     shard_index: int = 0
+    records_per_file: int = 0  # read only the first N of each file (0: all): a spread-out sample
 
 
 def list_files(file_pattern):
@@ -161,7 +162,10 @@ def make_dataset(file_pattern, *, training, batch_size, **options):
     files = list_files(file_pattern)
 
     def read(path):
-        return tf.data.TFRecordDataset(path).enumerate().map(lambda i, r: (path, i, r))
+        records_of_file = tf.data.TFRecordDataset(path)
+        if opts.records_per_file:
+            records_of_file = records_of_file.take(opts.records_per_file)
+        return records_of_file.enumerate().map(lambda i, r: (path, i, r))
 
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
