@@ -29,14 +29,13 @@ flags.DEFINE_integer("max_examples", 1000, "With --checkpoint: records to run (0
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = train_tool.config_for_checkpoint(FLAGS.checkpoint)  # without one: the flags
     if FLAGS.checkpoint:
-        config = train_tool.config_for_checkpoint(FLAGS.checkpoint)
         path, scale = evaluation.write_model_bone_lengths(
             config, FLAGS.checkpoint, FLAGS.output, max_examples=FLAGS.max_examples)
         print(f"wrote {path} (the model's skeletons at the true root depth, x{scale:.3f} "
               f"for an unbiased fit on {config.train_pattern})")
         return
-    config = train_tool.config_from_flags()
     if not config.train_pattern:
         raise ValueError("give --train_pattern (records to average) or --checkpoint (a run to "
                          "calibrate to)")

@@ -36,10 +36,7 @@ flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many records (0: 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.checkpoint:
-        config = train_tool.config_for_checkpoint(FLAGS.checkpoint)
-    else:
-        config = train_tool.config_from_flags()
+    config = train_tool.config_for_checkpoint(FLAGS.checkpoint)  # without one: the flags
     pattern = None
     if FLAGS.split:
         pattern = os.path.join(os.path.dirname(config.train_pattern), f"{FLAGS.split}-*")

@@ -66,8 +66,10 @@ def config_for_checkpoint(checkpoint, flag_values=FLAGS):
     The run's ``config.json`` (beside the checkpoint file, or in the model
     directory) with the flags given explicitly or in a flagfile on top, so
     ``--checkpoint=RUN`` alone rebuilds the model the run trained; without a
-    ``config.json``, the flags alone.
+    ``config.json`` (or with an empty ``checkpoint``), the flags alone.
     """
+    if not checkpoint:
+        return config_from_flags(flag_values)
     training.checkpoint_path(checkpoint)  # a wrong path fails here, naming it
     model_dir = training.run_directory(checkpoint)
     if not os.path.exists(os.path.join(model_dir, "config.json")):
