@@ -96,6 +96,15 @@ def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
     assert out.returncode == 0 and f"wrote {tmp_path / 'cli.json'}" in out.stdout, out.stderr[-2000:]
     np.testing.assert_allclose(evaluation.load_bone_lengths(str(tmp_path / "cli.json")),
                                evaluation.load_bone_lengths(calibrated), rtol=1e-5)
+    # the eval tool, fitting root depths without --bone_lengths, points at the run's file
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "eval.py"),
+                          f"--checkpoint={tmp_path}", "--root_depth=bone_lengths",
+                          f"--output_dir={tmp_path / 'cli_eval'}"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"note: {calibrated} holds bone lengths calibrated to this run" in out.stdout
+    assert (tmp_path / "cli_eval" / "metrics.json").exists()
 
 
 LIMBS = [(2, 1), (3, 2), (5, 4), (6, 5), (12, 11), (13, 12), (15, 14), (16, 15)]  # (child, parent)

@@ -170,6 +170,12 @@ def write_model_bone_lengths(config, checkpoint, output=None, file_pattern=None,
     return path, scale
 
 
+def model_bone_lengths_path(checkpoint):
+    """The run's calibrated ``model_bone_lengths.json`` if it has one, else ``None``."""
+    path = os.path.join(training.run_directory(checkpoint), MODEL_BONE_LENGTHS_FILE)
+    return path if os.path.exists(path) else None
+
+
 def load_bone_lengths(path, joint_set=skeleton.H36M17):
     try:
         with open(path) as f:

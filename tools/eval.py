@@ -44,6 +44,8 @@ def main(argv):
                                      root_depth=FLAGS.root_depth, oracle=FLAGS.oracle,
                                      bone_lengths=FLAGS.bone_lengths,
                                      max_examples=FLAGS.max_examples)
+    if FLAGS.root_depth == "bone_lengths" and not FLAGS.bone_lengths:
+        train_tool.point_at_calibrated_bone_lengths(FLAGS.checkpoint)
     result, paths = evaluation.evaluate(config, options, FLAGS.checkpoint or None,
                                         FLAGS.output_dir, pattern)
     print(evaluation.report_markdown(result, f"{result['source']}"))

@@ -16,7 +16,7 @@ from absl import app, flags
 
 import _cli  # tools/ is on sys.path when this script runs
 import train as train_tool
-from tf_volpose import evaluation, export, hardware, skeleton, training
+from tf_volpose import evaluation, export, hardware, skeleton
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint file or model directory.")
@@ -42,11 +42,8 @@ def main(argv):
         lengths_path = evaluation.write_bone_lengths(config.train_pattern, lengths_path, joint_set)
         print(f"wrote {lengths_path}")
     bone_lengths = evaluation.load_bone_lengths(lengths_path, joint_set)
-    calibrated = os.path.join(training.run_directory(FLAGS.checkpoint),
-                              evaluation.MODEL_BONE_LENGTHS_FILE)
-    if not FLAGS.bone_lengths and os.path.exists(calibrated):
-        print(f"note: {calibrated} holds bone lengths calibrated to this run; "
-              f"--bone_lengths={calibrated} uses them")
+    if not FLAGS.bone_lengths:
+        train_tool.point_at_calibrated_bone_lengths(FLAGS.checkpoint)
     model, source = evaluation.load_trained_model(config, FLAGS.checkpoint)
     path = export.export_saved_model(model, config, FLAGS.export_base, bone_lengths, FLAGS.version,
                                      FLAGS.precision, FLAGS.serving_decode, FLAGS.fov_deg)

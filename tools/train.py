@@ -15,7 +15,7 @@ import typing
 
 from absl import app, flags
 
-from tf_volpose import hardware, training
+from tf_volpose import evaluation, hardware, training
 
 import _cli  # tools/ is on sys.path when this script runs
 
@@ -75,6 +75,15 @@ def config_for_checkpoint(checkpoint, flag_values=FLAGS):
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         return config_from_flags(flag_values)
     return config_from_flags(flag_values, base=training.load_config(model_dir))
+
+
+def point_at_calibrated_bone_lengths(checkpoint):
+    """Prints where the run has bone lengths calibrated to it (tools/bone_lengths.py
+    --checkpoint), for the tools that fit root depths without being given them."""
+    calibrated = checkpoint and evaluation.model_bone_lengths_path(checkpoint)
+    if calibrated:
+        print(f"note: {calibrated} holds bone lengths calibrated to this run; "
+              f"--bone_lengths={calibrated} uses them")
 
 
 class TerminalProgress:
