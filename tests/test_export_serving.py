@@ -49,9 +49,14 @@ def _jpeg(h=120, w=90, seed=0):
 
 def test_export_reload_matches_the_in_memory_model(trained, tmp_path):
     config, model, lengths, _ = trained
-    path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths,
+                                     provenance={"checkpoint": "runs/x/ckpt-1"})
     assert path.endswith(os.path.join("volpose", "1"))
     assert os.path.exists(os.path.join(path, "assets.extra", export.WARMUP_FILE))
+    info = json.load(open(os.path.join(path, "assets.extra", export.INFO_FILE)))
+    assert info["version"] == 1 and info["precision"] == "fp32" and info["checkpoint"] == "runs/x/ckpt-1"
+    assert info["decode"] == "local_softargmax" and info["config"]["features"] == 8
+    np.testing.assert_allclose(info["bone_lengths_mm"], lengths, rtol=1e-6)
     loaded = tf.saved_model.load(path)
     assert set(loaded.signatures) == {"serving_default", "with_intrinsics", "heatmaps"}
     images = tf.constant([_jpeg(), _jpeg(seed=1)])

@@ -26,10 +26,16 @@ functions on GPU).
 
 :func:`export_saved_model` writes ``<export_base>/<version>/`` through a
 temporary sibling renamed at the end, so a server never sees a half-written
-version, and adds warm-up requests in ``assets.extra/tf_serving_warmup_requests``.
+version, and adds warm-up requests in ``assets.extra/tf_serving_warmup_requests``
+and what the version was made from in ``assets.extra/export_info.json`` (precision,
+decoding, intrinsics, the bone lengths baked into the graph, the model's config
+and, from ``tools/export.py``, the checkpoint and bone-lengths file); TF Serving
+ignores the latter.
 """
 
+import dataclasses
 import glob
+import json
 import os
 import shutil
 import uuid
@@ -44,6 +50,7 @@ from tf_volpose.models import hourglass
 
 DEFAULT_FOV_DEG = camera.DEFAULT_FOV_DEG
 WARMUP_FILE = "tf_serving_warmup_requests"
+INFO_FILE = "export_info.json"
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -259,13 +266,16 @@ def _saveable(functions):
 
 
 def export_saved_model(model, config, export_base, bone_lengths, version=None, precision="fp32",
-                       decode="local_softargmax", fov_deg=DEFAULT_FOV_DEG, model_name="volpose"):
+                       decode="local_softargmax", fov_deg=DEFAULT_FOV_DEG, model_name="volpose",
+                       provenance=None):
     """Writes ``export_base/<version>/`` atomically; returns its path.
 
     Args:
       version: numeric version; default one more than the highest existing.
       precision: ``fp32`` or ``bf16`` (weights stay float32, compute in bfloat16
         except the heads; see :func:`build_for_precision`).
+      provenance: JSON-ready dict added to ``assets.extra/export_info.json``
+        (e.g. the checkpoint and bone-lengths file it was made from).
     """
     os.makedirs(export_base, exist_ok=True)
     for stale in glob.glob(os.path.join(export_base, ".tmp-*")):
@@ -284,6 +294,12 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
     try:
         tf.saved_model.save(_saveable(signatures), tmp, signatures=signatures)
         write_warmup_requests(os.path.join(tmp, "assets.extra", WARMUP_FILE), model_name)
+        info = {"version": version, "precision": precision, "decode": decode, "fov_deg": fov_deg,
+                "joint_set": config.joint_set,
+                "bone_lengths_mm": [float(v) for v in np.asarray(bone_lengths).ravel()],
+                "config": dataclasses.asdict(config), **(provenance or {})}
+        with open(os.path.join(tmp, "assets.extra", INFO_FILE), "w") as f:
+            json.dump(info, f, indent=1)
         os.rename(tmp, final)
     finally:
         if os.path.exists(tmp):

@@ -46,7 +46,9 @@ def main(argv):
         train_tool.point_at_calibrated_bone_lengths(FLAGS.checkpoint)
     model, source = evaluation.load_trained_model(config, FLAGS.checkpoint)
     path = export.export_saved_model(model, config, FLAGS.export_base, bone_lengths, FLAGS.version,
-                                     FLAGS.precision, FLAGS.serving_decode, FLAGS.fov_deg)
+                                     FLAGS.precision, FLAGS.serving_decode, FLAGS.fov_deg,
+                                     provenance={"checkpoint": source,
+                                                 "bone_lengths_file": lengths_path})
     print(f"exported {source} ({FLAGS.precision}) to {path}; root depth fits the bone lengths "
           f"in {lengths_path}")
     if FLAGS.precision == "bf16" and hardware.cpu_has_bf16_instructions() is False:
