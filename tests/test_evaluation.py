@@ -158,6 +158,10 @@ def test_bone_lengths_calibrated_to_a_model_that_shortens_limbs(rng):
     held_out = _short_limbed_predictions(rng, 60, grid, K)
     assert depth_ratio(held_out, true_lengths) > 1.15
     assert abs(depth_ratio(held_out, lengths) - 1.0) < 0.04
+    # skeletons collapsed to a point (an untrained model) give no lengths to fit
+    collapsed = dict(calibration, pred_mm=np.zeros_like(calibration["pred_mm"]))
+    with pytest.raises(ValueError, match="bones of no length"):
+        evaluation.bone_lengths_matching_predictions(collapsed, grid)
     # rows without 3D ground truth are left out; none at all is an error
     calibration["has_3d"][:10] = False
     calibration["pred_mm"][:10] = np.nan

@@ -104,13 +104,13 @@ def bone_lengths_matching_predictions(predictions, grid, joint_set=skeleton.H36M
     if not used.any():
         raise ValueError("no predictions with 3D ground truth to calibrate bone lengths on")
     lengths = volume.mean_bone_lengths(predictions["pred_mm"][used], joint_set)
+    if not np.all(lengths > 0):
+        raise ValueError(f"the predicted skeletons have bones of no length ({lengths.tolist()}): "
+                         f"is the model trained?")
     fitted = volume.estimate_root_depth_tf(
         predictions["pred_voxels"][used], predictions["K"][used], predictions["center"][used],
         predictions["scale"][used], lengths, grid, joint_set).numpy()
     scale = float(np.median(predictions["root_depth_mm"][used] / fitted))
-    if not (np.all(lengths > 0) and np.isfinite(scale)):
-        raise ValueError(f"the predicted skeletons give no usable bone lengths ({lengths.tolist()}, "
-                         f"scale {scale}): is the model trained?")
     return lengths * scale, int(used.sum()), scale
 
 
@@ -124,9 +124,8 @@ def calibrate_bone_lengths(config, model, file_pattern=None, max_examples=1000, 
     so fitting them to the true bone lengths puts people too far away. This
     runs the model over records with 3D ground truth (default: the training
     records, so the validation split stays unseen; as many from each file) and
-    returns the lengths its
-    skeletons have at the true depth, scaled so that the fit is unbiased on
-    those records (:func:`bone_lengths_matching_predictions`).
+    returns the lengths its skeletons have at the true depth, scaled so that the
+    fit is unbiased on those records (:func:`bone_lengths_matching_predictions`).
 
     Args:
       config: the run's :class:`training.TrainConfig`. model: its trained model.
@@ -159,14 +158,13 @@ def write_model_bone_lengths(config, checkpoint, output=None, file_pattern=None,
     decoding it was calibrated with.
     """
     model, source = load_trained_model(config, checkpoint)
-    file_pattern = file_pattern or config.train_pattern
-    joint_set = skeleton.get_joint_set(config.joint_set)
+    file_pattern, decode = file_pattern or config.train_pattern, decode or config.decode
     lengths, poses, scale = calibrate_bone_lengths(config, model, file_pattern, max_examples,
                                                    decode)
     output = output or os.path.join(training.run_directory(checkpoint), MODEL_BONE_LENGTHS_FILE)
-    path = _save_bone_lengths(output, joint_set, lengths, poses, source="model",
-                              checkpoint=source, records=file_pattern,
-                              decode=decode or config.decode, scale=scale)
+    path = _save_bone_lengths(output, skeleton.get_joint_set(config.joint_set), lengths, poses,
+                              source="model", checkpoint=source, records=file_pattern,
+                              decode=decode, scale=scale)
     return path, scale
 
 
