@@ -11,8 +11,9 @@ def test_model_and_loss_sections_report_positive_numbers():
     assert result["forward_img_per_s"] > 0 and result["train_img_per_s"] > 0
     # FLOPs from the graph: more than the 7x7 stem convolution alone (2*7*7*3*c per pixel)
     assert result["gflops_per_image"] > 2 * 7 * 7 * 3 * 2 * 32 * 32 / 1e9
-    loss = benchmark.loss_speed(batch_size=1, joints=2, size=8, depth=8, repeats=1)
-    assert loss["separable_ms"] > 0 and loss["dense_ms"] > 0
+    loss = benchmark.loss_speed(batch_size=1, joints=2, size=8, depth=8, features=4, repeats=1)
+    assert all(loss[f"{name}_ms"] > 0 for name in ("separable", "dense", "head_dense",
+                                                    "head_separable", "head_fused"))
     assert loss["dense_target_bytes"] == 8 * 8 * 2 * 8 * 4
     decode = benchmark.decode_speed(batch_size=1, joints=2, size=8, depth=4, repeats=1)
     assert all(decode[f"{m}_ms"] > 0 for m in volume.DECODE_METHODS)

@@ -23,6 +23,58 @@ def test_separable_loss_equals_dense_reference(rng, depth):
     np.testing.assert_allclose(g_fast, g_dense, rtol=1e-5, atol=1e-5 * np.abs(g_dense).max())
 
 
+@pytest.mark.parametrize("depth,with_bias", [(1, True), (2, False), (4, True), (64, True)])
+def test_head_fused_loss_equals_the_loss_of_the_heads_output(rng, depth, with_bias):
+    """Value and gradients (features, kernel, bias) of the loss taken before the 1x1 head."""
+    features = tf.constant(rng.normal(0, 1, (2, 16, 12, 8)).astype(np.float32))
+    kernel = tf.constant(rng.normal(0, 0.2, (1, 1, 8, 3 * depth)).astype(np.float32))
+    bias = tf.constant(rng.normal(0, 0.2, (3 * depth,)).astype(np.float32)) if with_bias else None
+    joints = tf.constant(np.array([[[8.3, 7.1, 0.5], [0.2, 15.9, 0.01], [-2.0, 18.0, 1.3]],
+                                   [[11.5, 0.4, 0.99], [4.0, 4.0, -0.2], [13.9, 9.9, 0.5]]])
+                         * [1, 1, depth], tf.float32)
+    mask = tf.constant([[1, 0, 1], [1, 1, 1]], tf.float32)
+    weights = tf.constant([1.0, 3.0])  # the two examples' losses reach the gradient differently
+    variables = [features, kernel] + ([bias] if with_bias else [])
+
+    def heads_output():
+        heatmaps = tf.nn.conv2d(features, kernel, 1, "VALID")
+        return heatmaps + bias if with_bias else heatmaps
+
+    results = []
+    for loss_fn in (lambda: losses.volumetric_loss_per_example(heads_output(), joints, depth,
+                                                               mask=mask),
+                    lambda: losses.head_volumetric_loss_per_example(features, kernel, bias,
+                                                                    joints, depth, mask=mask)):
+        with tf.GradientTape() as tape:
+            tape.watch(variables)
+            per_example = loss_fn()
+            weighted = tf.reduce_sum(weights * per_example)
+        results.append((per_example.numpy(), tape.gradient(weighted, variables)))
+    (loss_ref, grads_ref), (loss_fused, grads_fused) = results
+    np.testing.assert_allclose(loss_fused, loss_ref, rtol=1e-5)
+    for fused, ref in zip(grads_fused, grads_ref):
+        ref = ref.numpy()
+        np.testing.assert_allclose(fused.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_head_input_in_multi_stage_loss_and_channel_errors(rng):
+    joints = tf.constant(rng.uniform(2, 14, (2, 2, 3)) * [1, 1, 64], tf.float32)
+    features = tf.constant(rng.normal(0, 1, (2, 16, 16, 4)).astype(np.float32))
+    kernel = tf.constant(rng.normal(0, 0.3, (1, 1, 4, 2 * 4)).astype(np.float32))
+    coarse = tf.constant(rng.normal(0, 0.3, (2, 16, 16, 2)).astype(np.float32))
+    heatmaps = tf.nn.conv2d(features, kernel, 1, "VALID")
+    total, per = losses.multi_stage_loss([coarse, heatmaps], joints, (1, 4), weights=(2.0, 0.5))
+    total_h, per_h = losses.multi_stage_loss(
+        [coarse, losses.HeadInput(features, kernel, None)], joints, (1, 4), weights=(2.0, 0.5))
+    np.testing.assert_allclose(total_h.numpy(), total.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(per_h[1].numpy(), per[1].numpy(), rtol=1e-5)
+    assert per_h[1].shape == ()  # a batch mean, like the heatmaps' loss
+    with pytest.raises(ValueError, match="kernel has 8 output channels.*depth=64 needs 128"):
+        losses.head_volumetric_loss_per_example(features, kernel, None, joints, 64)
+    with pytest.raises(ValueError, match="features must have shape"):
+        losses.head_volumetric_loss_per_example(features[0], kernel, None, joints, 4)
+
+
 def test_target_values_by_hand():
     gx, gy, gz = losses.target_profiles(tf.constant([[[3.5, 2.0, 32.0]]]), 8, 8, 64)
     np.testing.assert_allclose(gx.numpy()[0, 0, 3], 1.0)  # centre 3.5 = voxel 3's centre

@@ -343,3 +343,42 @@ def test_tool_reports_missing_data_without_a_traceback(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "error: no files match" in out and "Traceback" not in out
+
+
+def test_training_forward_leaves_the_last_head_to_the_loss_with_equal_gradients(rng):
+    config = training.TrainConfig(features=16, input_size=64, hourglass_depth=2, depths=(2, 8),
+                                  loss_weights=(0.5, 2.0))
+    model = training.build_model(config)
+    images = tf.constant(rng.uniform(0, 1, (3, 64, 64, 3)).astype(np.float32))
+    targets = {"joints_voxel": tf.constant(rng.uniform(-2, 18, (3, 17, 3)) * [1, 1, 4],
+                                           tf.float32),
+               "mask": tf.constant(rng.uniform(0, 1, (3, 17)) > 0.2, tf.float32)}
+    results = []
+    for fuse_head in (False, True):
+        forward = training.TrainingForward(config, model, fuse_head=fuse_head)
+        with tf.GradientTape() as tape:
+            per_example, per_stack = training.compute_loss(config, forward(images), targets)
+            loss = tf.reduce_mean(per_example)
+        grads = tape.gradient(loss, model.trainable_variables)
+        results.append((forward, per_example.numpy(), [l.numpy() for l in per_stack], grads))
+    (plain, loss, stacks, grads), (fused, loss_f, stacks_f, grads_f) = results
+    assert plain.head is None and fused.head is model.get_layer("s1_head")
+    np.testing.assert_allclose(loss_f, loss, rtol=1e-5)
+    np.testing.assert_allclose(stacks_f, stacks, rtol=1e-5)
+    assert len(grads_f) == len(grads) and all(g is not None for g in grads_f)
+    for variable, g_fused, g in zip(model.trainable_variables, grads_f, grads):
+        g = g.numpy()
+        np.testing.assert_allclose(g_fused.numpy(), g, rtol=1e-4, atol=1e-4 * np.abs(g).max(),
+                                   err_msg=variable.path)
+
+
+@pytest.mark.parametrize("model_type", ["regression", "decoupled"])
+def test_training_forward_runs_other_models_as_they_are(model_type, rng):
+    config = training.TrainConfig(model=model_type, features=8, input_size=64, depths=(1, 4),
+                                  decoupled_2d_stacks=1)
+    model = training.build_model(config)
+    forward = training.TrainingForward(config, model)
+    assert forward.head is None
+    images = tf.constant(rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32))
+    for name, value in forward(images).items():
+        assert not isinstance(value, tuple), name  # heatmaps or coordinates, no HeadInput

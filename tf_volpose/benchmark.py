@@ -2,7 +2,8 @@
 
 * :func:`model_speed`: forward and training img/s, GFLOPs per image counted
   from the graph, measured matmul peak and the roofline fraction;
-* :func:`loss_speed`: separable vs dense volumetric loss, time and memory;
+* :func:`loss_speed`: separable vs dense volumetric loss (with and without the
+  last head), time and memory;
 * :func:`decode_speed`: heatmaps -> sub-voxel joints, per decoding method;
 * :func:`pipeline_speed`: the training input pipeline on records of large JPEG frames;
 * :func:`serving_speed`: gRPC latency vs the in-process forward pass, and
@@ -84,10 +85,12 @@ def model_speed(config, batch_size=4, precision="fp32", repeats=5):
         def forward():
             return model(images, training=False)
 
+        training_forward = training.TrainingForward(config, model)
+
         @tf.function
         def train_step():
             with tf.GradientTape() as tape:
-                outputs = model(images, training=True)
+                outputs = training_forward(images)
                 loss = tf.reduce_mean(training.compute_loss(config, outputs, targets)[0])
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -106,24 +109,46 @@ def model_speed(config, batch_size=4, precision="fp32", repeats=5):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def loss_speed(batch_size=4, joints=17, size=64, depth=64, repeats=5):
-    """Separable vs dense volumetric loss with gradients at one stack of ``depth``."""
+def loss_speed(batch_size=4, joints=17, size=64, depth=64, features=256, repeats=5):
+    """Volumetric loss with gradients at one stack of ``depth``: separable vs dense.
+
+    ``*_ms`` time the loss of given heatmaps; ``head_*_ms`` the last stack's
+    1x1 head (``features`` -> ``joints*depth`` channels) and its loss together,
+    gradients for the features and the head's weights included, as a training
+    step runs them: dense target, separable loss, and the loss taken before the
+    head (:func:`losses.head_volumetric_loss_per_example`, what training does).
+    """
     heatmaps = tf.random.normal([batch_size, size, size, joints * depth], stddev=0.1)
     voxels = tf.random.uniform([batch_size, joints, 3]) * tf.constant([size, size, depth], tf.float32)
+    head_input = tf.random.normal([batch_size, size, size, features])
+    kernel = tf.random.normal([1, 1, features, joints * depth], stddev=features ** -0.5)
+    bias = tf.zeros([joints * depth])
 
-    def timed(loss_fn):
+    def timed(loss_fn, sources):
         @tf.function
         def run():
             with tf.GradientTape() as tape:
-                tape.watch(heatmaps)
-                loss = loss_fn(heatmaps, voxels, depth)
-            return loss, tape.gradient(loss, heatmaps)
-        return _time(lambda: run()[0].numpy(), repeats=repeats)
+                tape.watch(sources)
+                loss = tf.reduce_mean(loss_fn())
+            return loss, tape.gradient(loss, sources)
+        return 1e3 * _time(lambda: run()[0].numpy(), repeats=repeats)
 
+    def head():
+        return tf.nn.bias_add(tf.nn.conv2d(head_input, kernel, 1, "VALID"), bias)
+
+    head_sources = [head_input, kernel, bias]
     volume_bytes = batch_size * size * size * joints * depth * 4
-    return {"batch_size": batch_size, "joints": joints, "depth": depth,
-            "separable_ms": 1e3 * timed(losses.volumetric_loss),
-            "dense_ms": 1e3 * timed(losses.dense_volumetric_loss),
+    return {"batch_size": batch_size, "joints": joints, "depth": depth, "features": features,
+            "separable_ms": timed(lambda: losses.volumetric_loss(heatmaps, voxels, depth),
+                                  [heatmaps]),
+            "dense_ms": timed(lambda: losses.dense_volumetric_loss(heatmaps, voxels, depth),
+                              [heatmaps]),
+            "head_dense_ms": timed(lambda: losses.dense_volumetric_loss(head(), voxels, depth),
+                                   head_sources),
+            "head_separable_ms": timed(lambda: losses.volumetric_loss(head(), voxels, depth),
+                                       head_sources),
+            "head_fused_ms": timed(lambda: losses.head_volumetric_loss_per_example(
+                head_input, kernel, bias, voxels, depth), head_sources),
             # what crosses the input pipeline per batch: coordinates vs dense target volumes
             "separable_target_bytes": batch_size * joints * 3 * 4,
             "dense_target_bytes": volume_bytes}

@@ -74,6 +74,7 @@ def main(argv):
     if "loss" in FLAGS.sections:
         section = benchmark.loss_speed(FLAGS.batch_size, repeats=FLAGS.repeats)
         section["speedup"] = section["dense_ms"] / section["separable_ms"]
+        section["head_fused_speedup"] = section["head_dense_ms"] / section["head_fused_ms"]
         results["loss"] = section
         print(json.dumps(section, indent=2))
     if "decode" in FLAGS.sections:
