@@ -181,15 +181,15 @@ class TrainingForward:
     """``model(images, training=True)`` for :func:`compute_loss`, the last head left to the loss.
 
     The last stack's heatmaps feed nothing but the loss (each earlier stack's
-    feed the next stack). So for volumetric models this runs the model up to
-    the last head's input and hands the loss that input with the head's kernel
-    and bias (:class:`losses.HeadInput`), which
+    feed the next stack). So for volumetric and decoupled models this runs the
+    model up to the last head's input and hands the loss that input with the
+    head's kernel and bias (:class:`losses.HeadInput`), which
     :func:`losses.head_volumetric_loss_per_example` turns into the same loss
     and gradients without the heatmaps: at the paper's size that skips the
     head's 27 GFLOP (forward and gradients) and its 71 MB volume and gradient
     per batch of 4 (README: +7% training speed). The variables, checkpoints and
-    inference are the model's own. Other models (regression, decoupled), or
-    ``fuse_head=False``, run the model as it is.
+    inference are the model's own. The regression baseline, or
+    ``fuse_head=False``, runs the model as it is.
 
     Args:
       config: the :class:`TrainConfig` the model was built from.
@@ -199,26 +199,36 @@ class TrainingForward:
 
     def __init__(self, config, model, fuse_head=True):
         self.model = model
-        self.head = self._last_head(config, model) if fuse_head else None
-        self.trunk = None
-        if self.head is not None:
-            last = len(config.stack_depths) - 1
-            outputs = {f"stack{i}": model.get_layer(f"stack{i}").output for i in range(last)}
-            outputs[f"stack{last}"] = self.head.input
-            self.trunk = keras.Model(model.inputs, outputs, name=f"{model.name}_to_last_head")
+        self.head, self.trunk = None, None
+        if fuse_head and config.model == "volumetric":
+            self.head, self.trunk = self._to_last_head(model, name="s")
+        elif fuse_head and config.model == "decoupled":
+            # the head is network B's; A runs whole and feeds B's trunk
+            net_a, net_b = model.get_layer("net_a"), model.get_layer("net_b")
+            self.head, trunk_b = self._to_last_head(net_b, name="b_s")
+            if trunk_b is not None:
+                image = keras.Input(net_a.input_shape[1:], name="image")
+                out_a = net_a(image)
+                out_b = trunk_b(out_a[f"stack{len(out_a) - 1}"])
+                stacks = [out_a[f"stack{i}"] for i in range(len(out_a))]
+                stacks += [out_b[f"stack{i}"] for i in range(len(out_b))]
+                self.trunk = keras.Model(image, {f"stack{i}": t for i, t in enumerate(stacks)},
+                                         name=f"{model.name}_to_last_head")
 
     @staticmethod
-    def _last_head(config, model):
-        if config.model != "volumetric":
-            return None
-        name = f"s{len(config.stack_depths) - 1}{hourglass.HEAD_SUFFIX}"
+    def _to_last_head(model, name):
+        """(head, sub-model with the heads' outputs but the last one's input) or (None, None)."""
+        last = len(model.outputs) - 1
         try:
-            head = model.get_layer(name)
+            head = model.get_layer(f"{name}{last}{hourglass.HEAD_SUFFIX}")
         except ValueError:
-            return None
-        plain = (tuple(head.kernel_size) == (1, 1) and tuple(head.strides) == (1, 1)
-                 and head.activation is keras.activations.linear)
-        return head if plain else None
+            return None, None
+        if not (tuple(head.kernel_size) == (1, 1) and tuple(head.strides) == (1, 1)
+                and head.activation is keras.activations.linear):
+            return None, None
+        outputs = {f"stack{i}": model.get_layer(f"stack{i}").output for i in range(last)}
+        outputs[f"stack{last}"] = head.input
+        return head, keras.Model(model.inputs, outputs, name=f"{model.name}_to_last_head")
 
     def __call__(self, images):
         """``(B, S, S, 3)`` -> ``{"stack0": heatmaps, ..., "stack{k-1}": heatmaps or HeadInput}``."""
