@@ -201,11 +201,11 @@ class TrainingForward:
         self.model = model
         self.head, self.trunk = None, None
         if fuse_head and config.model == "volumetric":
-            self.head, self.trunk = self._to_last_head(model, name="s")
+            self.head, self.trunk = self._to_last_head(model, prefix="s")
         elif fuse_head and config.model == "decoupled":
             # the head is network B's; A runs whole and feeds B's trunk
             net_a, net_b = model.get_layer("net_a"), model.get_layer("net_b")
-            self.head, trunk_b = self._to_last_head(net_b, name="b_s")
+            self.head, trunk_b = self._to_last_head(net_b, prefix="b_s")
             if trunk_b is not None:
                 image = keras.Input(net_a.input_shape[1:], name="image")
                 out_a = net_a(image)
@@ -216,11 +216,11 @@ class TrainingForward:
                                          name=f"{model.name}_to_last_head")
 
     @staticmethod
-    def _to_last_head(model, name):
+    def _to_last_head(model, prefix):
         """(head, sub-model with the heads' outputs but the last one's input) or (None, None)."""
         last = len(model.outputs) - 1
         try:
-            head = model.get_layer(f"{name}{last}{hourglass.HEAD_SUFFIX}")
+            head = model.get_layer(f"{prefix}{last}{hourglass.HEAD_SUFFIX}")
         except ValueError:
             return None, None
         if not (tuple(head.kernel_size) == (1, 1) and tuple(head.strides) == (1, 1)
