@@ -57,10 +57,27 @@ def render_targets(joints_voxel, height, width, depth, sigma=2.0, fine_depth=64)
 def _check(heatmaps, joints_voxel, depth):
     if heatmaps.shape.rank != 4:
         raise ValueError(f"heatmaps must have shape (B, H, W, J*depth), got {heatmaps.shape}")
+    _check_channels(heatmaps.shape[-1], joints_voxel, depth, "heatmaps has {} channels")
+
+
+def _check_channels(channels, joints_voxel, depth, what):
     joints = joints_voxel.shape[1]
-    if joints is not None and heatmaps.shape[-1] is not None and heatmaps.shape[-1] != joints * depth:
-        raise ValueError(f"heatmaps has {heatmaps.shape[-1]} channels; joints_voxel has {joints} "
-                         f"joints and depth={depth} needs {joints * depth}")
+    if joints is not None and channels is not None and channels != joints * depth:
+        raise ValueError(f"{what.format(channels)}; joints_voxel has {joints} joints and "
+                         f"depth={depth} needs {joints * depth}")
+
+
+def _per_example(sum_p2, sum_gp, profiles, mask, voxels_per_joint):
+    """``sum (G - p)^2 = sum G^2 - 2 sum G p + sum p^2`` per joint ``(B, J)``, masked,
+    summed over joints and divided by ``J * voxels_per_joint``: ``(B,)``."""
+    gx, gy, gz = profiles
+    # sum G^2 factorises into 1D sums
+    sum_g2 = tf.reduce_sum(gx * gx, -1) * tf.reduce_sum(gy * gy, -1) * tf.reduce_sum(gz * gz, -1)
+    per_joint = sum_g2 - 2.0 * sum_gp + sum_p2
+    if mask is not None:
+        per_joint *= tf.cast(mask, tf.float32)
+    count = tf.cast(tf.shape(per_joint)[-1] * voxels_per_joint, tf.float32)
+    return tf.reduce_sum(per_joint, axis=-1) / count
 
 
 @tf.custom_gradient
@@ -112,14 +129,8 @@ def volumetric_loss_per_example(heatmaps, joints_voxel, depth, sigma=2.0, fine_d
     joints = tf.shape(joints_voxel)[1]
     gx, gy, gz = target_profiles(joints_voxel, height, width, depth, sigma, fine_depth)
     p = tf.reshape(heatmaps, [batch, height, width, joints, depth])
-    # sum G^2 factorises into 1D sums
-    sum_g2 = (tf.reduce_sum(gx * gx, -1) * tf.reduce_sum(gy * gy, -1) * tf.reduce_sum(gz * gz, -1))
     sum_p2, sum_gp = _volume_sums(p, gx, gy, gz)
-    per_joint = sum_g2 - 2.0 * sum_gp + sum_p2  # (B, J)
-    if mask is not None:
-        per_joint *= tf.cast(mask, tf.float32)
-    count = tf.cast(joints * height * width * depth, tf.float32)
-    return tf.reduce_sum(per_joint, axis=-1) / count
+    return _per_example(sum_p2, sum_gp, (gx, gy, gz), mask, height * width * depth)
 
 
 def volumetric_loss(heatmaps, joints_voxel, depth, sigma=2.0, fine_depth=64, mask=None):
@@ -192,10 +203,7 @@ def head_volumetric_loss_per_example(features, kernel, bias, joints_voxel, depth
         raise ValueError(f"features must have shape (B, H, W, C), got {features.shape}")
     height, width, channels = features.shape[1], features.shape[2], features.shape[3]
     kernel = tf.reshape(tf.cast(kernel, tf.float32), [channels, -1])
-    joints_static = joints_voxel.shape[1]
-    if joints_static is not None and kernel.shape[-1] != joints_static * depth:
-        raise ValueError(f"kernel has {kernel.shape[-1]} output channels; joints_voxel has "
-                         f"{joints_static} joints and depth={depth} needs {joints_static * depth}")
+    _check_channels(kernel.shape[-1], joints_voxel, depth, "kernel has {} output channels")
     batch, joints = tf.shape(features)[0], tf.shape(joints_voxel)[1]
     gx, gy, gz = target_profiles(joints_voxel, height, width, depth, sigma, fine_depth)
     rows = tf.reshape(features, [batch, height * width, channels])
@@ -217,12 +225,7 @@ def head_volumetric_loss_per_example(features, kernel, bias, joints_voxel, depth
                    + float(height * width) * tf.reduce_sum(tf.square(bias), axis=-1))
         sum_gp += (tf.reduce_sum(gx, -1) * tf.reduce_sum(gy, -1)
                    * tf.reduce_sum(gz * bias, axis=-1))
-    sum_g2 = (tf.reduce_sum(gx * gx, -1) * tf.reduce_sum(gy * gy, -1) * tf.reduce_sum(gz * gz, -1))
-    per_joint = sum_g2 - 2.0 * sum_gp + sum_p2
-    if mask is not None:
-        per_joint *= tf.cast(mask, tf.float32)
-    count = tf.cast(joints * height * width * depth, tf.float32)
-    return tf.reduce_sum(per_joint, axis=-1) / count
+    return _per_example(sum_p2, sum_gp, (gx, gy, gz), mask, height * width * depth)
 
 
 def dense_volumetric_loss(heatmaps, joints_voxel, depth, sigma=2.0, fine_depth=64, mask=None):
