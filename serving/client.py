@@ -11,9 +11,14 @@ exponential backoff on UNAVAILABLE; REST posts ``{"instances": [{"image_bytes":
 
 import base64
 import json
+import os
 import time
 import urllib.error
 import urllib.request
+
+# TensorFlow's C++ INFO records off unless TF_CPP_MIN_LOG_LEVEL says otherwise; this must
+# come before TensorFlow loads (tools/_cli.py does the same for the tools)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import grpc
 import numpy as np

@@ -21,6 +21,10 @@ import os
 import struct
 import threading
 
+# TensorFlow's C++ INFO records off unless TF_CPP_MIN_LOG_LEVEL says otherwise; this must
+# come before TensorFlow loads (tools/_cli.py does the same for the tools)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 import grpc
 import numpy as np
 import tensorflow as tf

@@ -1,3 +1,4 @@
+import ast
 import glob
 import json
 import os
@@ -465,6 +466,47 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
         _assert_one_line_errors(tool, [(args, str(missing))])
     assert not (tmp_path / "exports").exists()  # nothing written
     _assert_one_line_errors("tools/bone_lengths.py", [([], "give --train_pattern")])
+
+
+def _first_import_after_stdlib(path):
+    """Line of the first import of a module outside the standard library, and the statements
+    before it (``ast`` nodes)."""
+    tree = ast.parse(path.read_text())
+    for index, node in enumerate(tree.body):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) else [])
+        if any(name.split(".")[0] not in sys.stdlib_module_names for name in names):
+            return node, tree.body[:index]
+    raise AssertionError(f"{path} imports nothing outside the standard library")
+
+
+def test_tools_quiet_tensorflow_before_it_loads(tmp_path):
+    """TensorFlow reads TF_CPP_MIN_LOG_LEVEL once, when it loads: every tool's first
+    non-stdlib import is ``_cli`` (which sets it), the serving scripts set it before any such
+    import, and a tool run without it prints none of TensorFlow's C++ INFO records (the CPU
+    feature notice), which a run with ``TF_CPP_MIN_LOG_LEVEL=0`` shows."""
+    for path in sorted((REPO / "tools").glob("*.py")):
+        if path.name != "_cli.py":
+            node, _ = _first_import_after_stdlib(path)
+            assert isinstance(node, ast.Import) and node.names[0].name == "_cli", path
+    for path in sorted((REPO / "serving").glob("*.py")):
+        _, before = _first_import_after_stdlib(path)
+        assert any("TF_CPP_MIN_LOG_LEVEL" in ast.unparse(node) for node in before), path
+
+    def stderr(level):
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        if level is not None:
+            env["TF_CPP_MIN_LOG_LEVEL"] = level
+        out = subprocess.run([sys.executable, str(REPO / "tools/export.py"),
+                              f"--checkpoint={tmp_path / 'missing'}",
+                              f"--export_base={tmp_path / 'exports'}"],
+                             capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+        assert out.returncode == 1, out.stderr[-2000:]
+        return out.stderr
+
+    if "cpu_feature_guard" not in stderr("0"):
+        pytest.skip("this TensorFlow build logs no CPU feature notice on this CPU")
+    assert "cpu_feature_guard" not in stderr(None)
 
 
 def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):

@@ -5,15 +5,24 @@
   twice: by TensorFlow's handler and by absl's) bury the tool's own output. The
   tools print what they do themselves; warnings and errors still show, and
   ``--verbosity=0`` brings the INFO records back.
+* TensorFlow's C++ INFO records (the CPU-feature notice at import, a note each
+  time a record reader starts) are off too: this module sets
+  ``TF_CPP_MIN_LOG_LEVEL=1`` unless it is set, which works only before TensorFlow
+  loads, so every tool imports it before anything that imports TensorFlow.
+  ``TF_CPP_MIN_LOG_LEVEL=0`` brings them back; a few lines TensorFlow writes
+  before its logging starts show either way.
 * The library reports bad input (a path, a field, a value) as ``ValueError`` or
   ``OSError`` (and the converters as ``ConversionError``) with a message that
   names it: the tool prints that message as one ``error: ...`` line and exits
   with status 1, instead of a traceback.
 """
 
+import os
 import sys
 
-from absl import app, flags, logging
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app, flags, logging  # noqa: E402
 
 
 def run(main, errors=()):

@@ -13,12 +13,13 @@ import json
 import os
 import tempfile
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 import numpy as np
 from absl import app, flags
 
 from tf_volpose import benchmark, evaluation, export, skeleton, training
 
-import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 SECTIONS = ("model", "loss", "decode", "pipeline", "serving", "export")

@@ -12,9 +12,10 @@ that the fit is unbiased there; pass it as --bone_lengths to tools/export.py and
 tools/eval.py (README: root depth from bone lengths).
 """
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 from absl import app, flags
 
-import _cli  # tools/ is on sys.path when this script runs
 import train as train_tool
 from tf_volpose import evaluation, skeleton
 

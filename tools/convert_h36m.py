@@ -9,13 +9,14 @@ bone_lengths.json (mean training bone lengths) beside them.
 
 import os
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 import keras
 from absl import flags
 
 from tf_volpose import evaluation
 from tf_volpose.data import h36m
 
-import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("h36m_root", None, "Root of the official release (S1/MyPoseFeatures/...).")

@@ -6,13 +6,14 @@
 
 import os
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 from absl import flags
 
 from tf_volpose import evaluation, skeleton
 from tf_volpose.data import humaneva
 from tf_volpose.data.h36m import ConversionError
 
-import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("npz_3d", None, "positions_3d .npz (metres, world frame).")

@@ -11,12 +11,13 @@ tf_volpose/data/kth.py). Check the printed median thigh length (about 400-500 mm
 adult) to confirm --units_to_mm.
 """
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 from absl import flags
 
 from tf_volpose.data import kth
 from tf_volpose.data.h36m import ConversionError
 
-import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("kth_root", None, "Folder holding the unzipped KTH sequence folders.")

@@ -4,13 +4,14 @@
     python tools/convert_mpii.py --annotations=annot/valid.h5 --images=images --output_dir=data/mpii --split=valid
 """
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 import keras
 from absl import flags
 
 from tf_volpose.data import mpii
 from tf_volpose.data.h36m import ConversionError
 
-import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("annotations", None, "The hourglass annotation .h5 file.")

@@ -14,9 +14,10 @@ beside the training records (default: --val_pattern).
 
 import os
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 from absl import app, flags
 
-import _cli  # tools/ is on sys.path when this script runs
 import train as train_tool
 from tf_volpose import evaluation
 

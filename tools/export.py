@@ -12,9 +12,10 @@ tools/bone_lengths.py --checkpoint (README: root depth from bone lengths).
 
 import os
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 from absl import app, flags
 
-import _cli  # tools/ is on sys.path when this script runs
 import train as train_tool
 from tf_volpose import evaluation, export, hardware, skeleton
 

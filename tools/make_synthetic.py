@@ -4,12 +4,13 @@
     python tools/make_synthetic.py ... --motion=../shared/data/h36m_mocap_17j_10fps.npz  # real motion
 """
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 from absl import flags
 import keras
 
 from tf_volpose.data import synthetic
 
-import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Where to write train-*.tfrecord and val-*.tfrecord.")

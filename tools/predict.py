@@ -14,11 +14,12 @@ image centre. Left joints are red, right green.
 
 import json
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 import cv2
 import tensorflow as tf
 from absl import app, flags
 
-import _cli  # tools/ is on sys.path when this script runs
 import train as train_tool
 from tf_volpose import camera, crop, evaluation, export, skeleton, visualize
 

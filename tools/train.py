@@ -13,11 +13,12 @@ import sys
 import time
 import typing
 
+import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
+
 from absl import app, flags
 
 from tf_volpose import evaluation, hardware, training
 
-import _cli  # tools/ is on sys.path when this script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("dry_run", False, "Build data and model, print the summary, exit.")
