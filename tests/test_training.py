@@ -91,6 +91,11 @@ def test_tools_rebuild_a_run_from_its_config_json_with_flags_on_top(tmp_path):
     assert dataclasses.replace(config, decode=saved.decode, depths=saved.depths) == saved
     with pytest.raises(ValueError, match="flip_prob"):
         tool.config_for_checkpoint(str(tmp_path), parsed("--flip_prob=2"))
+    with pytest.raises(ValueError, match=r"--depths takes comma-separated int values, "
+                                         r"got '4,x16'"):
+        tool.config_for_checkpoint(str(tmp_path), parsed("--depths=4,x16"))
+    with pytest.raises(ValueError, match=r"--loss_weights takes comma-separated float values"):
+        tool.config_from_flags(parsed("--loss_weights=1,two"))
     # no config.json: the flags alone
     (tmp_path / "bare").mkdir()
     _write_checkpoint(tmp_path / "bare", 1)

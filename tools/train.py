@@ -54,7 +54,11 @@ def config_from_flags(flag_values=FLAGS, base=None):
         value = flag.value
         if typing.get_origin(field.type) is tuple:
             item = typing.get_args(field.type)[0]
-            value = tuple(item(v) for v in value)
+            try:
+                value = tuple(item(v) for v in value)
+            except ValueError:
+                raise ValueError(f"--{field.name} takes comma-separated {item.__name__} values, "
+                                 f"got {','.join(value)!r}") from None
         values[field.name] = value
     if base is None:
         return training.TrainConfig(**values)
