@@ -461,6 +461,9 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
                        ("tools/predict.py", [f"--image={image}", f"--saved_model={missing}"]),
                        ("tools/eval.py", [f"--checkpoint={missing}"]),
                        ("tools/bone_lengths.py", [f"--checkpoint={missing}"]),
+                       # before the model section's minutes, not after
+                       ("tools/benchmark.py", ["--sections=model,export",
+                                               f"--checkpoint={missing}"]),
                        ("serving/server.py", [f"--model_base_path={missing}",
                                               f"--port={_free_port()}"])):
         _assert_one_line_errors(tool, [(args, str(missing))])

@@ -350,6 +350,20 @@ def test_tool_reports_missing_data_without_a_traceback(tmp_path):
     assert "error: no files match" in out and "Traceback" not in out
 
 
+def test_records_that_yield_nothing_are_named_before_a_checkpoint(data_dir, tmp_path):
+    """Files that match but hold no usable record (here text named like a shard) end
+    the repeated training stream at once, or leave validation empty: each is a ValueError
+    naming the pattern, not TensorFlow's "End of sequence", and no checkpoint is written."""
+    junk = tmp_path / "junk-00000.tfrecord"
+    junk.write_bytes(b"not a TFRecord file\n" * 100)
+    for field in ("train_pattern", "val_pattern"):
+        model_dir = tmp_path / field
+        config = _config(data_dir, model_dir, **{field: str(tmp_path / "junk-*")})
+        with pytest.raises(ValueError, match=f"{field} '.*junk-\\*' yields no usable records"):
+            training.train(config)
+        assert not glob.glob(str(model_dir / "ckpt-*"))
+
+
 @pytest.mark.parametrize("model_type,head_name", [("volumetric", "s1_head"),
                                                  ("decoupled", "b_s1_head")])
 def test_training_forward_leaves_the_last_head_to_the_loss_with_equal_gradients(

@@ -407,6 +407,11 @@ def _ensure_data(config, report):
     report({"event": "data", "message": f"wrote {counts} records"})
 
 
+def _no_usable_records(name, file_pattern):
+    return (f"{name} {file_pattern!r} yields no usable records: its files hold no valid "
+            f"tf_volpose records (unreadable and invalid ones are skipped, each with a warning)")
+
+
 def train(config: TrainConfig, dry_run: bool = False,
           progress: Optional[Callable[[dict], None]] = None):
     """Trains (or resumes) the model of ``config``.
@@ -503,6 +508,8 @@ def _train(config, dry_run, report):
             taken += keep
             if taken >= config.val_examples:
                 break
+        if not val_batches and not dry_run:  # a dry run only builds the pipeline
+            raise ValueError(_no_usable_records("val_pattern", config.val_pattern))
     if dry_run:
         return result
 
@@ -577,7 +584,11 @@ def _train(config, dry_run, report):
     with _StopFlag() as stop:
         window_start, window_step = time.time(), start_step
         while int(step.numpy()) < config.train_steps:
-            loss, stack_losses = train_step(iterator)
+            try:
+                loss, stack_losses = train_step(iterator)
+            except tf.errors.OutOfRangeError:  # the repeated training stream is empty
+                raise ValueError(_no_usable_records("train_pattern", config.train_pattern)) \
+                    from None
             loss_value = float(loss)
             current = int(step.numpy()) + 1
             if not math.isfinite(loss_value):

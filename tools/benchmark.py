@@ -51,6 +51,8 @@ def _placeholder_bone_lengths(config):
 
 def main(argv):
     del argv
+    if "export" in FLAGS.sections and FLAGS.checkpoint:
+        training.checkpoint_path(FLAGS.checkpoint)  # a wrong path fails now, naming it
     config = training.TrainConfig(backbone=FLAGS.backbone, depths=tuple(map(int, FLAGS.depths)),
                                   features=FLAGS.features, input_size=FLAGS.input_size)
     results = {"config": {"backbone": config.backbone, "depths": list(config.depths),
