@@ -61,9 +61,15 @@ def test_motion_file_drives_the_poses(tmp_path, rng):
     subjects = {records.parse_example(r)["meta/subject"].numpy()
                 for r in tf.data.TFRecordDataset(str(out / "val-00000.tfrecord"))}
     assert subjects == {b"S9"}
-    with pytest.raises(ValueError, match="motion file"):
-        np.savez(tmp_path / "bad.npz", x=np.zeros(3))
-        synthetic.generate(str(out), 1, 1, motion=str(tmp_path / "bad.npz"), workers=1)
+    np.savez(tmp_path / "bad.npz", x=np.zeros(3))
+    np.save(tmp_path / "array.npy", poses["S1/walking_1"])
+    (tmp_path / "text.npz").write_text("not an archive\n")
+    for name, message in (("bad.npz", "holds no .frames, 17, 3. arrays; keys: .'x'."),
+                          ("array.npy", "is a single .npy array, not an .npz archive"),
+                          ("text.npz", "cannot read motion file .* as a NumPy .npz archive")):
+        with pytest.raises(ValueError) as info:
+            synthetic.generate(str(out), 1, 1, motion=str(tmp_path / name), workers=1)
+        assert name in str(info.value) and re.search(message, str(info.value)), info.value
 
 
 def test_generate_rejects_bad_counts_before_writing(tmp_path):
