@@ -76,8 +76,17 @@ def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
     checkpoint = tf.train.Checkpoint(model=model,
                                      weights_by_name={w.path: w for w in model.weights})
     saved = checkpoint.save(str(tmp_path / "biased" / "ckpt"))
-    with pytest.raises(ValueError, match=r"weights the model of this config lacks.*conv_bias=True"):
+    with pytest.raises(ValueError, match=r"does not match the model of this config: it has \d+ "
+                                         r"weights the model lacks, e.g. .*/bias'.*conv_bias=True"):
         evaluation.load_trained_model(config, saved)
+    # and the other way round; and another width: the first differing weight, both shapes
+    with pytest.raises(ValueError, match=r"\d+ weights of the model are not in it, e.g. "
+                                         r".*/bias'.*conv_bias=False"):
+        evaluation.load_trained_model(biased, str(tmp_path))
+    wider = dataclasses.replace(config, features=2 * config.features)
+    with pytest.raises(ValueError, match=r"\d+ weights differ in shape, e.g. '.*': \(.*\) in the "
+                                         r"checkpoint, \(.*\) in the model.*other model settings"):
+        evaluation.load_trained_model(wider, str(tmp_path))
     restored, _ = evaluation.load_trained_model(biased, saved)
     assert training.weights_digest(restored) == training.weights_digest(model)
     # a model trained without flips on images that mark left and right gets no flip test

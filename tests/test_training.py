@@ -364,6 +364,18 @@ def test_records_that_yield_nothing_are_named_before_a_checkpoint(data_dir, tmp_
         assert not glob.glob(str(model_dir / "ckpt-*"))
 
 
+def test_resuming_into_another_models_run_is_refused_before_restoring(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path, train_steps=2, val_pattern="", image_summary_every=0)
+    training.train(config)
+    before = {p: open(p, "rb").read() for p in glob.glob(str(tmp_path / "ckpt-*"))}
+    wider = dataclasses.replace(config, features=2 * config.features, train_steps=4)
+    with pytest.raises(ValueError, match=r"model_dir '.*' holds a run to resume, but its "
+                       r"checkpoint '.*ckpt-2' does not match the model of this config: \d+ "
+                       r"weights differ in shape"):
+        training.train(wider)
+    assert {p: open(p, "rb").read() for p in glob.glob(str(tmp_path / "ckpt-*"))} == before
+
+
 @pytest.mark.parametrize("model_type,head_name", [("volumetric", "s1_head"),
                                                  ("decoupled", "b_s1_head")])
 def test_training_forward_leaves_the_last_head_to_the_loss_with_equal_gradients(

@@ -414,19 +414,14 @@ def load_trained_model(config, checkpoint):
     """Builds the config's model and restores weights from a checkpoint or model dir."""
     path = training.checkpoint_path(checkpoint)
     model = training.build_model(config)
+    # expect_partial() below skips the optimizer state, but would also skip weights the model
+    # lacks, silently changing the function (e.g. biases of older runs): checked first
+    training.check_checkpoint_matches(model, path, config)
     ckpt = tf.train.Checkpoint(model=model, weights_by_name={w.path: w for w in model.weights})
     try:
         ckpt.restore(path).expect_partial().assert_existing_objects_matched()
     except (tf.errors.NotFoundError, AssertionError, ValueError) as e:
         raise ValueError(f"checkpoint {path!r} does not match the model of this config: {e}") from e
-    # expect_partial() skips the optimizer state, but also weights the model lacks,
-    # which would silently change the function (e.g. biases of older runs)
-    extra = training.checkpoint_weights(path) - {w.path for w in model.weights}
-    if extra:
-        hint = (" It was saved with convolution biases: set conv_bias=True (--conv_bias)."
-                if any(p.endswith("/bias") for p in extra) and not config.conv_bias else "")
-        raise ValueError(f"checkpoint {path!r} has {len(extra)} weights the model of this config "
-                         f"lacks, e.g. {sorted(extra)[0]!r}.{hint}")
     return model, path
 
 

@@ -312,11 +312,47 @@ def _unescape(name):
 _BY_NAME, _VALUE = "weights_by_name/", "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-def checkpoint_weights(path):
-    """The weight paths (``layer/.../name``) a tf_volpose checkpoint file stores."""
-    keys = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    return {_unescape(k[len(_BY_NAME):-len(_VALUE)]) for k in keys
+def checkpoint_weight_shapes(path):
+    """Weight path (``layer/.../name``) -> shape of each weight a tf_volpose checkpoint stores."""
+    shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    return {_unescape(k[len(_BY_NAME):-len(_VALUE)]): tuple(shape) for k, shape in shapes.items()
             if k.startswith(_BY_NAME) and k.endswith(_VALUE)}
+
+
+def check_checkpoint_matches(model, path, config, name="checkpoint"):
+    """Raises a ValueError naming ``path`` unless it holds exactly ``model``'s weights.
+
+    Same layer paths and shapes, checked from the file before anything is
+    restored: a restore that fails midway leaves some variables assigned and
+    TensorFlow logging a warning for each value it did not restore, which buries
+    the error. The message names the first differing weight of each kind and,
+    where the difference is the convolution biases, the flag.
+    """
+    stored = checkpoint_weight_shapes(path)
+    if not stored:  # not written by tf_volpose's training: left to the restore's own checks
+        return
+    wanted = {w.path: tuple(w.shape) for w in model.weights}
+    differ = sorted(p for p in wanted.keys() & stored.keys() if wanted[p] != stored[p])
+    missing, extra = sorted(wanted.keys() - stored.keys()), sorted(stored.keys() - wanted.keys())
+    problems = []
+    if differ:
+        problems.append(f"{len(differ)} weights differ in shape, e.g. {differ[0]!r}: "
+                        f"{stored[differ[0]]} in the checkpoint, {wanted[differ[0]]} in the model")
+    if missing:
+        problems.append(f"{len(missing)} weights of the model are not in it, e.g. {missing[0]!r}")
+    if extra:
+        problems.append(f"it has {len(extra)} weights the model lacks, e.g. {extra[0]!r}")
+    if not problems:
+        return
+    if any(p.endswith("/bias") for p in extra) and not config.conv_bias:
+        hint = " It was saved with convolution biases: set conv_bias=True (--conv_bias)."
+    elif any(p.endswith("/bias") for p in missing) and config.conv_bias:
+        hint = " It was saved without convolution biases: set conv_bias=False (--conv_bias)."
+    else:
+        hint = (" Was it trained with other model settings (features, depths, backbone, "
+                "joint set)? Its run's config.json has them.")
+    raise ValueError(f"{name} {path!r} does not match the model of this config: "
+                     f"{'; '.join(problems)}.{hint}")
 
 
 def restore_by_name(model, path):
@@ -474,6 +510,8 @@ def _train(config, dry_run, report):
                                                             f"workertemp_{task_id}")
     manager = tf.train.CheckpointManager(checkpoint, directory, config.keep_checkpoints)
     if manager.latest_checkpoint:
+        check_checkpoint_matches(model, manager.latest_checkpoint, config,
+                                 f"model_dir {directory!r} holds a run to resume, but its checkpoint")
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         report({"event": "restored", "checkpoint": manager.latest_checkpoint,
                 "step": int(step.numpy())})
