@@ -127,11 +127,24 @@ def test_xywh_or_whole_image():
     assert crop.xywh_or_whole_image(None, (640, 480)) == [0.0, 0.0, 640.0, 480.0]
     assert crop.xywh_or_whole_image([], (640, 480)) == [0.0, 0.0, 640.0, 480.0]
     assert crop.xywh_or_whole_image(["10", "20.5", "30", "40"], (640, 480)) == [10, 20.5, 30, 40]
+    # partly outside is allowed (the crop pads): one pixel in at either end
+    assert crop.xywh_or_whole_image([639, 479, 50, 50], (640, 480)) == [639, 479, 50, 50]
+    assert crop.xywh_or_whole_image([-49, -49, 50, 50], (640, 480)) == [-49, -49, 50, 50]
+    # the TF check (the exported signatures') agrees, at the edges too
+    for box in ([639, 479, 50, 50], [-49, -49, 50, 50], [640, 0, 10, 10], [0, 480, 10, 10],
+                [-10, 0, 10, 10], [0, -10, 10, 10], [100, 100, 5, 5]):
+        expected = crop.box_overlaps_image(box, (640, 480))
+        assert expected == (box not in ([640, 0, 10, 10], [0, 480, 10, 10], [-10, 0, 10, 10],
+                                        [0, -10, 10, 10]))
+        assert bool(crop.box_overlaps_image_tf(tf.constant(box, tf.float32),
+                                               tf.constant([640.0, 480.0]))) == expected
     for bad, message in ((["1", "2"], r"x,y,w,h\) must have shape \(4,\)"),
                          (["a", "0", "1", "1"], "must be numeric"),
                          ([0, 0, 0, 10], "width and height must be positive"),
                          ([0, 0, 10, -1], "width and height must be positive"),
                          ([0, float("nan"), 10, 10], "NaN or Inf"),
-                         ([0, 0, float("inf"), 10], "NaN or Inf")):
+                         ([0, 0, float("inf"), 10], "NaN or Inf"),
+                         ([640, 0, 10, 10], r"lies outside the 640x480 image"),
+                         ([0, -10, 10, 10], r"\[0.0, -10.0, 10.0, 10.0\] lies outside")):
         with pytest.raises(ValueError, match=message):
             crop.xywh_or_whole_image(bad, (640, 480))

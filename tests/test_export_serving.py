@@ -330,6 +330,8 @@ def test_grpc_round_trip(server):
     (b"", [0, 0, 10, 10], "not a JPEG or PNG"),
     ("good", [0, 0, 0, 10], "box width and height must be positive"),
     ("good", [0, float("nan"), 10, 10], "box must be finite"),
+    ("good", [-30, 0, 20, 10], "lies outside the image"),
+    ("good", [10, 200, 20, 10], "lies outside the image"),
     ("huge", [0, 0, 10, 10], "above the limit"),
     (b"\xff\xd8\xff\xe0 truncated jpeg", [0, 0, 10, 10], "JPEG"),
 ])
@@ -519,6 +521,7 @@ def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):
         ([model, f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
         ([model, f"--image={text}"], f"{text} is not a JPEG or PNG image"),
         ([model, f"--image={image}", "--box=0,0,0,10"], "box width and height must be positive"),
+        ([model, f"--image={image}", "--box=48,0,10,10"], "lies outside the 48x64 image"),
         ([model, f"--image={image}", "--focal=1000"], "must have shape (2,)"),
         ([model, f"--image={image}", "--focal=-5,500"], "must be positive"),
         ([model, f"--image={image}", "--focal=nan,1"], "NaN or Inf")])
@@ -532,5 +535,6 @@ def test_client_cli_reports_bad_input_in_one_line_before_connecting(tmp_path):
         ([server, f"--image={text}"], f"{text} is not a JPEG or PNG image"),
         ([server, f"--image={image}", "--box=0,0,0,10"], "box width and height must be positive"),
         ([server, f"--image={image}", "--box=0,0,nan,10"], "NaN or Inf"),
-        ([server, f"--image={image}", "--box=1,2"], "must have shape (4,)")])
+        ([server, f"--image={image}", "--box=1,2"], "must have shape (4,)"),
+        ([server, f"--image={image}", "--box=0,-20,10,10"], "lies outside the 48x64 image")])
 

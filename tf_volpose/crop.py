@@ -200,13 +200,31 @@ def xywh_or_whole_image(values, image_size):
       image_size: ``(W, H)`` px of the (upright) image.
 
     Raises:
-      ValueError: not 4 finite numbers with positive width and height.
+      ValueError: not 4 finite numbers with positive width and height, or no
+        pixel of the image inside (the exported signatures refuse such a box too).
     """
     if not values:
         return [0.0, 0.0, float(image_size[0]), float(image_size[1])]
     box = _checks.as_array("box (x,y,w,h)", values, shape=(4,))
     _checks.positive("box width and height", box[2:])
+    if not box_overlaps_image(box, image_size):
+        raise ValueError(f"box (x,y,w,h) {box.tolist()} lies outside the "
+                         f"{image_size[0]}x{image_size[1]} image")
     return box.tolist()
+
+
+def box_overlaps_image(xywh, image_size):
+    """Whether a box ``(x, y, w, h)`` px holds at least part of a pixel of a ``(W, H)`` image
+    (a box partly outside is fine: the crop pads; one wholly outside would crop only padding)."""
+    xywh = np.asarray(xywh, np.float64)
+    return bool(np.all(xywh[:2] < np.asarray(image_size, np.float64))
+                and np.all(xywh[:2] + xywh[2:] > 0))
+
+
+def box_overlaps_image_tf(xywh, image_size):
+    """TF version of :func:`box_overlaps_image` for one ``(4,)`` box and ``(2,)`` size; a bool."""
+    return (tf.reduce_all(xywh[:2] < image_size)
+            & tf.reduce_all(xywh[:2] + xywh[2:] > 0))
 
 
 def box_from_xywh_tf(box, padding=1.0):

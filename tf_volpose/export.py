@@ -18,11 +18,11 @@ Signatures (batch dimension ``None``):
 * ``heatmaps``: the final volume ``[None, H, W, J*d]`` for debugging (17.8 MB per image
   at 64^3 x 17: above gRPC's default 4 MB message limit; see ``serving/README.md``).
 
-Bad inputs (undecodable bytes, non-finite or non-positive box, focal or
-principal point, an empty batch, inputs of different batch sizes, a tensor
-not of its signature's shape) fail with ``InvalidArgumentError`` naming the
-input, which TF Serving returns as ``INVALID_ARGUMENT``. No ``jit_compile`` (TF Serving cannot run XLA
-functions on GPU).
+Bad inputs (undecodable bytes, non-finite or non-positive box, a box with no
+pixel of its image in it, focal or principal point, an empty batch, inputs of
+different batch sizes, a tensor not of its signature's shape) fail with
+``InvalidArgumentError`` naming the input, which TF Serving returns as
+``INVALID_ARGUMENT``. No ``jit_compile`` (TF Serving cannot run XLA functions on GPU).
 
 :func:`export_saved_model` writes ``<export_base>/<version>/`` through a
 temporary sibling renamed at the end, so a server never sees a half-written
@@ -130,14 +130,18 @@ class ServingModule(tf.Module):
         size = self.config.input_size
 
         def one(args):
-            data, c, s = args
+            data, xywh, c, s = args
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
             hw = tf.cast(tf.shape(image)[:2], tf.float32)
-            image = tf.image.convert_image_dtype(image, tf.float32)
+            wh = tf.stack([hw[1], hw[0]])
+            inside = tf.debugging.Assert(crop.box_overlaps_image_tf(xywh, wh), [
+                "box (x, y, w, h)", xywh, "lies outside the image (width, height)", wh])
+            with tf.control_dependencies([inside]):
+                image = tf.image.convert_image_dtype(image, tf.float32)
             A = crop.crop_transform_tf(c, s, size)
-            return crop.warp_image_tf(image, A, size), tf.stack([hw[1], hw[0]])
+            return crop.warp_image_tf(image, A, size), wh
 
-        crops, sizes = tf.map_fn(one, (image_bytes, center, scale),
+        crops, sizes = tf.map_fn(one, (image_bytes, box, center, scale),
                                  fn_output_signature=(tf.TensorSpec([size, size, 3], tf.float32),
                                                       tf.TensorSpec([2], tf.float32)))
         return crops, sizes, center, scale
