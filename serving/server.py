@@ -5,8 +5,12 @@ installed. It uses the same ``tensorflow_serving.apis`` protos, serves the
 newest numeric version under ``--model_base_path``, and maps errors as TF
 Serving does: unknown model or version -> NOT_FOUND, unknown signature ->
 FAILED_PRECONDITION, undecodable or out-of-range input -> INVALID_ARGUMENT.
-It keeps serving after any bad request, bounds concurrent inference, and
-rejects images above ``--max_pixels`` from their header, before decoding.
+It keeps serving after any bad request, bounds concurrent inference
+(``--max_concurrent``), and refuses, before decoding anything, images above
+``--max_pixels`` (read from their header) and batches above ``--max_batch_size``
+images (a batch is decoded, cropped and run at once: thousands of tiny JPEGs in
+one request would otherwise take the process's memory); REST bodies above
+``MAX_REQUEST_BYTES``, gRPC's receive limit here, get HTTP 413 unread.
 
     python serving/server.py --model_base_path=exports/volpose --model_name=volpose --port=8500 \
         [--rest_port=8501]
@@ -42,6 +46,10 @@ flags.DEFINE_integer("rest_port", 0, "REST port (0: no REST endpoint).")
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind.")
 flags.DEFINE_integer("max_concurrent", 2, "Inference calls running at once.")
 flags.DEFINE_integer("max_pixels", 40_000_000, "Largest accepted image (width x height).")
+flags.DEFINE_integer("max_batch_size", 64, "Most images accepted in one request.")
+
+# the largest request either front end reads (gRPC's receive limit, REST's body)
+MAX_REQUEST_BYTES = 64 << 20
 
 
 class RequestError(Exception):
@@ -92,13 +100,15 @@ def newest_version(base_path):
 class ModelServer:
     """Loads the newest version and answers requests (shared by the gRPC and REST front ends)."""
 
-    def __init__(self, base_path, name, max_concurrent=2, max_pixels=40_000_000):
+    def __init__(self, base_path, name, max_concurrent=2, max_pixels=40_000_000,
+                 max_batch_size=64):
         self.name = name
         self.version = newest_version(base_path)
         self.path = os.path.join(base_path, str(self.version))
         self.loaded = tf.saved_model.load(self.path)
         self.signatures = dict(self.loaded.signatures)
         self.max_pixels = int(max_pixels)
+        self.max_batch_size = int(max_batch_size)
         self._slots = threading.BoundedSemaphore(max_concurrent)
         proto = saved_model_pb2.SavedModel()
         with open(os.path.join(self.path, "saved_model.pb"), "rb") as f:
@@ -138,7 +148,12 @@ class ModelServer:
                                    f"input {key}: expected shape {spec[key].shape}, "
                                    f"got {tensors[key].shape}")
         if "image_bytes" in tensors:
-            for data in tensors["image_bytes"].numpy().reshape(-1):
+            images = tensors["image_bytes"].numpy().reshape(-1)
+            if len(images) > self.max_batch_size:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"a batch of {len(images)} images is above the limit of "
+                                   f"{self.max_batch_size} per request")
+            for data in images:
                 width, height = image_size(data)
                 if width * height > self.max_pixels:
                     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -228,7 +243,12 @@ def _rest_handler(server):
             if not self.path.startswith(prefix + ":") and not self.path.startswith(prefix + "/"):
                 return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                length = int(self.headers.get("Content-Length", 0))
+                if length > MAX_REQUEST_BYTES:
+                    self.close_connection = True  # the body is left unread
+                    return self._reply(413, {"error": f"request body of {length} bytes is above "
+                                                      f"the limit of {MAX_REQUEST_BYTES}"})
+                body = json.loads(self.rfile.read(length))
                 instances = body["instances"]
                 if not isinstance(instances, list) or not instances:
                     raise ValueError("'instances' must be a non-empty list")
@@ -259,13 +279,13 @@ def _from_json(value):
 
 
 def serve(base_path, name, port, host="127.0.0.1", rest_port=0, max_concurrent=2,
-          max_pixels=40_000_000):
+          max_pixels=40_000_000, max_batch_size=64):
     """Starts the servers; returns ``(grpc_server, http_server_or_None, ModelServer)``."""
-    model = ModelServer(base_path, name, max_concurrent, max_pixels)
+    model = ModelServer(base_path, name, max_concurrent, max_pixels, max_batch_size)
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrent + 4),
                          maximum_concurrent_rpcs=64,
                          options=[("grpc.max_send_message_length", 256 << 20),
-                                  ("grpc.max_receive_message_length", 64 << 20)])
+                                  ("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(model),
                                                                         server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(model), server)
@@ -285,7 +305,7 @@ def main(argv):
     try:
         server, rest, model = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.port,
                                     FLAGS.host, FLAGS.rest_port, FLAGS.max_concurrent,
-                                    FLAGS.max_pixels)
+                                    FLAGS.max_pixels, FLAGS.max_batch_size)
     except (ValueError, OSError) as e:  # no export there, a port taken: one line, exit 1
         raise SystemExit(f"error: {e}")
     print(f"serving {model.name} version {model.version} from {model.path} on "

@@ -1,5 +1,6 @@
 import ast
 import glob
+import http.client
 import json
 import os
 import pathlib
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from tf_volpose import evaluation, export, training, volume
 from tf_volpose.data import synthetic
@@ -298,7 +299,8 @@ def server(trained, tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "serving" / "server.py"), f"--model_base_path={base}",
          "--model_name=volpose", f"--port={port}", f"--rest_port={rest_port}",
-         "--max_pixels=100000"], env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+         "--max_pixels=100000", "--max_batch_size=3"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = serving_client.GrpcClient(f"127.0.0.1:{port}", timeout=60, retries=8)
     try:
@@ -347,6 +349,35 @@ def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server, 
     assert info.value.code == "INVALID_ARGUMENT", str(info.value)
     assert message in str(info.value) and "Graph execution error" not in str(info.value)
     assert client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])["confidence"].shape == (17,)
+
+
+def test_batches_above_the_limit_and_huge_rest_bodies_are_refused_unread(server):
+    client, _, rest, _ = server
+
+    def batch(n):
+        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="volpose"))
+        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([_jpeg()] * n))
+        request.inputs["box"].CopyFrom(tf.make_tensor_proto([[0.0, 0.0, 90.0, 120.0]] * n,
+                                                            dtype=tf.float32))
+        response = client._call(client.predictions.Predict, request)
+        return tf.make_ndarray(response.outputs["joints_3d_mm"])
+
+    assert batch(3).shape == (3, 17, 3)  # --max_batch_size=3
+    with pytest.raises(serving_client.ServingError,
+                       match="a batch of 4 images is above the limit of 3 per request") as info:
+        batch(4)
+    assert info.value.code == "INVALID_ARGUMENT"
+    # a body announced above the limit is answered 413 without being read (none is sent)
+    host, port = rest.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/v1/models/volpose:predict")
+    connection.putheader("Content-Length", str(1 << 40))
+    connection.endheaders()
+    reply = connection.getresponse()
+    assert reply.status == 413 and b"above the limit" in reply.read()
+    connection.close()
+    out = serving_client.RestClient(rest).predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])
+    assert out["joints_3d_mm"].shape == (17, 3)
 
 
 def test_unknown_model_and_signature(server):
