@@ -244,6 +244,8 @@ def _rest_handler(server):
                 return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
             try:
                 length = int(self.headers.get("Content-Length", 0))
+                if length < 0:  # read(-1) would wait for the client to close
+                    raise ValueError(f"Content-Length {length} is negative")
                 if length > MAX_REQUEST_BYTES:
                     self.close_connection = True  # the body is left unread
                     return self._reply(413, {"error": f"request body of {length} bytes is above "

@@ -351,7 +351,7 @@ def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server, 
     assert client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])["confidence"].shape == (17,)
 
 
-def test_batches_above_the_limit_and_huge_rest_bodies_are_refused_unread(server):
+def test_batches_above_the_limit_and_bad_rest_lengths_are_refused_unread(server):
     client, _, rest, _ = server
 
     def batch(n):
@@ -376,6 +376,14 @@ def test_batches_above_the_limit_and_huge_rest_bodies_are_refused_unread(server)
     reply = connection.getresponse()
     assert reply.status == 413 and b"above the limit" in reply.read()
     connection.close()
+    for length, message in (("-5", b"Content-Length -5 is negative"), ("many", b"malformed")):
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.putrequest("POST", "/v1/models/volpose:predict")
+        connection.putheader("Content-Length", length)
+        connection.endheaders()
+        reply = connection.getresponse()
+        assert reply.status == 400 and message in reply.read()
+        connection.close()
     out = serving_client.RestClient(rest).predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])
     assert out["joints_3d_mm"].shape == (17, 3)
 
