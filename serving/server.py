@@ -195,6 +195,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             logging.exception("Predict failed")
             context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         wanted = set(request.output_filter) or set(outputs)
+        unknown = sorted(wanted - set(outputs))
+        if unknown:  # TF Serving's answer to an output_filter naming no output
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"output tensor alias not found in signature: {unknown[0]} Outputs "
+                          f"expected to be in the set {{{','.join(sorted(outputs))}}}.")
         response = predict_pb2.PredictResponse(
             model_spec=self.server.model_spec(request.model_spec.signature_name or "serving_default"))
         for key in wanted & set(outputs):

@@ -351,15 +351,29 @@ def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(server, 
     assert client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])["confidence"].shape == (17,)
 
 
+def _predict_request(images, output_filter=()):
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="volpose"),
+                                         output_filter=list(output_filter))
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([_jpeg()] * images))
+    request.inputs["box"].CopyFrom(tf.make_tensor_proto([[0.0, 0.0, 90.0, 120.0]] * images,
+                                                        dtype=tf.float32))
+    return request
+
+
+def test_output_filter_returns_what_it_names_and_refuses_other_names(server):
+    client = server[0]
+    response = client._call(client.predictions.Predict, _predict_request(1, ["confidence"]))
+    assert set(response.outputs) == {"confidence"}
+    with pytest.raises(serving_client.ServingError,
+                       match="INVALID_ARGUMENT: output tensor alias not found in signature: joints"):
+        client._call(client.predictions.Predict, _predict_request(1, ["confidence", "joints"]))
+
+
 def test_batches_above_the_limit_and_bad_rest_lengths_are_refused_unread(server):
     client, _, rest, _ = server
 
     def batch(n):
-        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="volpose"))
-        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([_jpeg()] * n))
-        request.inputs["box"].CopyFrom(tf.make_tensor_proto([[0.0, 0.0, 90.0, 120.0]] * n,
-                                                            dtype=tf.float32))
-        response = client._call(client.predictions.Predict, request)
+        response = client._call(client.predictions.Predict, _predict_request(n))
         return tf.make_ndarray(response.outputs["joints_3d_mm"])
 
     assert batch(3).shape == (3, 17, 3)  # --max_batch_size=3
