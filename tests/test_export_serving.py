@@ -567,27 +567,32 @@ def test_tools_quiet_tensorflow_before_it_loads(tmp_path):
     assert "cpu_feature_guard" not in stderr(None)
 
 
+def _bad_image_and_box_args(tmp_path):
+    """``(args, message)``: bad ``--image`` and ``--box`` values that tools/predict.py and
+    serving/client.py both refuse before any work, and what they say."""
+    image, text = _image_and_text_files(tmp_path)  # a 48x64 JPEG and a text file
+    return [([f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
+            ([f"--image={text}"], f"{text} is not a JPEG or PNG image"),
+            ([f"--image={image}", "--box=0,0,0,10"], "box width and height must be positive"),
+            ([f"--image={image}", "--box=0,0,nan,10"], "NaN or Inf"),
+            ([f"--image={image}", "--box=1,2"], "must have shape (4,)"),
+            ([f"--image={image}", "--box=48,0,10,10"], "lies outside the 48x64 image"),
+            ([f"--image={image}", "--box=0,-20,10,10"], "lies outside the 48x64 image")]
+
+
 def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):
-    image, text = _image_and_text_files(tmp_path)
     model = f"--saved_model={tmp_path / 'no_export'}"  # each case must fail before loading it
-    _assert_one_line_errors("tools/predict.py", [
-        ([model, f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
-        ([model, f"--image={text}"], f"{text} is not a JPEG or PNG image"),
-        ([model, f"--image={image}", "--box=0,0,0,10"], "box width and height must be positive"),
-        ([model, f"--image={image}", "--box=48,0,10,10"], "lies outside the 48x64 image"),
-        ([model, f"--image={image}", "--focal=1000"], "must have shape (2,)"),
-        ([model, f"--image={image}", "--focal=-5,500"], "must be positive"),
-        ([model, f"--image={image}", "--focal=nan,1"], "NaN or Inf")])
+    cases = _bad_image_and_box_args(tmp_path)
+    image = f"--image={tmp_path / 'photo.jpg'}"  # the good image those cases wrote
+    cases += [([image, "--focal=1000"], "must have shape (2,)"),
+              ([image, "--focal=-5,500"], "must be positive"),
+              ([image, "--focal=nan,1"], "NaN or Inf")]
+    _assert_one_line_errors("tools/predict.py", [([model, *args], message)
+                                                 for args, message in cases])
 
 
 def test_client_cli_reports_bad_input_in_one_line_before_connecting(tmp_path):
-    image, text = _image_and_text_files(tmp_path)
     server = f"--server=127.0.0.1:{_free_port()}"  # nothing listens: each must fail before a call
     _assert_one_line_errors("serving/client.py", [
-        ([server, f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
-        ([server, f"--image={text}"], f"{text} is not a JPEG or PNG image"),
-        ([server, f"--image={image}", "--box=0,0,0,10"], "box width and height must be positive"),
-        ([server, f"--image={image}", "--box=0,0,nan,10"], "NaN or Inf"),
-        ([server, f"--image={image}", "--box=1,2"], "must have shape (4,)"),
-        ([server, f"--image={image}", "--box=0,-20,10,10"], "lies outside the 48x64 image")])
+        ([server, *args], message) for args, message in _bad_image_and_box_args(tmp_path)])
 
