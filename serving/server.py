@@ -2,7 +2,8 @@
 
 For development and tests where ``tensorflow_model_server`` cannot be
 installed. It uses the same ``tensorflow_serving.apis`` protos, serves the
-newest numeric version under ``--model_base_path``, and maps errors as TF
+newest numeric version under ``--model_base_path`` (and, as TF Serving does,
+a newer one as soon as it appears there), and maps errors as TF
 Serving does: unknown model or version -> NOT_FOUND, unknown signature ->
 FAILED_PRECONDITION, undecodable or out-of-range input -> INVALID_ARGUMENT.
 It keeps serving after any bad request, bounds concurrent inference
@@ -47,6 +48,9 @@ flags.DEFINE_string("host", "127.0.0.1", "Address to bind.")
 flags.DEFINE_integer("max_concurrent", 2, "Inference calls running at once.")
 flags.DEFINE_integer("max_pixels", 40_000_000, "Largest accepted image (width x height).")
 flags.DEFINE_integer("max_batch_size", 64, "Most images accepted in one request.")
+flags.DEFINE_float("file_system_poll_wait_seconds", 1.0,
+                   "Seconds between looks for a newer version under --model_base_path, which "
+                   "is then served (TF Serving's flag and default); 0: never look again.")
 
 # the largest request either front end reads (gRPC's receive limit, REST's body)
 MAX_REQUEST_BYTES = 64 << 20
@@ -97,41 +101,88 @@ def newest_version(base_path):
     return versions[-1]
 
 
-class ModelServer:
-    """Loads the newest version and answers requests (shared by the gRPC and REST front ends)."""
+class Servable:
+    """One loaded version: its number, path, signatures and their protos."""
 
-    def __init__(self, base_path, name, max_concurrent=2, max_pixels=40_000_000,
-                 max_batch_size=64):
-        self.name = name
-        self.version = newest_version(base_path)
-        self.path = os.path.join(base_path, str(self.version))
-        self.loaded = tf.saved_model.load(self.path)
+    def __init__(self, base_path, version):
+        self.version = version
+        self.path = os.path.join(base_path, str(version))
+        self.loaded = tf.saved_model.load(self.path)  # kept: the signatures use its variables
         self.signatures = dict(self.loaded.signatures)
-        self.max_pixels = int(max_pixels)
-        self.max_batch_size = int(max_batch_size)
-        self._slots = threading.BoundedSemaphore(max_concurrent)
         proto = saved_model_pb2.SavedModel()
         with open(os.path.join(self.path, "saved_model.pb"), "rb") as f:
             proto.ParseFromString(f.read())
         self.signature_defs = proto.meta_graphs[0].signature_def
 
+
+class ModelServer:
+    """Serves the newest version and answers requests (shared by the gRPC and REST front ends).
+
+    :meth:`reload_newest` (called every ``--file_system_poll_wait_seconds``, as TF Serving
+    polls) loads a newer version when one appears and serves it from the next request on;
+    requests in flight finish on the version they started with.
+    """
+
+    def __init__(self, base_path, name, max_concurrent=2, max_pixels=40_000_000,
+                 max_batch_size=64):
+        self.name = name
+        self.base_path = base_path
+        self.servable = Servable(base_path, newest_version(base_path))
+        self.max_pixels = int(max_pixels)
+        self.max_batch_size = int(max_batch_size)
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._failed_versions = set()
+
+    @property
+    def version(self):
+        return self.servable.version
+
+    @property
+    def path(self):
+        return self.servable.path
+
+    def reload_newest(self):
+        """Loads the newest version under the base path if it is newer than the one served.
+
+        Returns a line saying what changed, or None. A version that fails to load is
+        reported once and skipped; the one served keeps serving. Exports appear whole
+        (``export.export_saved_model`` renames a finished directory into place).
+        """
+        try:
+            newest = newest_version(self.base_path)
+        except ValueError:  # the versions were removed: keep serving the loaded one
+            return None
+        if newest <= self.version or newest in self._failed_versions:
+            return None
+        try:
+            servable = Servable(self.base_path, newest)
+        except Exception as e:  # any unloadable directory: keep serving
+            self._failed_versions.add(newest)
+            return (f"warning: version {newest} under {self.base_path} does not load "
+                    f"({type(e).__name__}: {short_error(str(e))[:300]}); still serving "
+                    f"version {self.version}")
+        self.servable = servable  # one reference swap; requests in flight hold the old one
+        return f"serving {self.name} version {newest} from {servable.path}"
+
     def check_model(self, spec):
         if spec.name != self.name:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"Servable not found for request: Latest({spec.name})")
-        if spec.HasField("version") and spec.version.value != self.version:
+        if spec.HasField("version") and spec.version.value != self.servable.version:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"Servable not found for request: Specific({spec.name}, "
                                f"{spec.version.value})")
 
     def run(self, signature_name, inputs):
-        """Runs a signature on NumPy inputs; returns a dict of NumPy outputs."""
+        """Runs a signature on NumPy inputs; returns a dict of NumPy outputs and the version
+        that computed them."""
+        servable = self.servable  # this request's version, whatever a reload does meanwhile
         signature_name = signature_name or "serving_default"
-        if signature_name not in self.signatures:
+        if signature_name not in servable.signatures:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"Serving signature name: \"{signature_name}\" not found in "
-                               f"signature def; known: {sorted(self.signatures)}")
-        fn = self.signatures[signature_name]
+                               f"signature def; known: {sorted(servable.signatures)}")
+        fn = servable.signatures[signature_name]
         spec = fn.structured_input_signature[1]
         if set(inputs) != set(spec):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -165,11 +216,11 @@ class ModelServer:
             except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    short_error(e.message)) from None
-        return {k: v.numpy() for k, v in outputs.items()}
+        return {k: v.numpy() for k, v in outputs.items()}, servable.version
 
-    def model_spec(self, signature_name=""):
+    def model_spec(self, signature_name="", version=None):
         spec = model_pb2.ModelSpec(name=self.name, signature_name=signature_name)
-        spec.version.value = self.version
+        spec.version.value = self.version if version is None else version
         return spec
 
 
@@ -188,7 +239,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             self.server.check_model(request.model_spec)
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            outputs = self.server.run(request.model_spec.signature_name, inputs)
+            outputs, version = self.server.run(request.model_spec.signature_name, inputs)
         except RequestError as e:
             context.abort(e.code, str(e))
         except Exception as e:  # keep serving whatever happens
@@ -201,7 +252,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                           f"output tensor alias not found in signature: {unknown[0]} Outputs "
                           f"expected to be in the set {{{','.join(sorted(outputs))}}}.")
         response = predict_pb2.PredictResponse(
-            model_spec=self.server.model_spec(request.model_spec.signature_name or "serving_default"))
+            model_spec=self.server.model_spec(request.model_spec.signature_name or "serving_default",
+                                              version))
         for key in wanted & set(outputs):
             response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
         return response
@@ -214,7 +266,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = get_model_metadata_pb2.GetModelMetadataResponse(
             model_spec=self.server.model_spec())
         signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, value in self.server.signature_defs.items():
+        for key, value in self.server.servable.signature_defs.items():
             signature_map.signature_def[key].CopyFrom(value)
         response.metadata["signature_def"].Pack(signature_map)
         return response
@@ -260,8 +312,8 @@ def _rest_handler(server):
                 if not isinstance(instances, list) or not instances:
                     raise ValueError("'instances' must be a non-empty list")
                 inputs = {key: [_from_json(inst[key]) for inst in instances] for key in instances[0]}
-                outputs = server.run(body.get("signature_name", ""),
-                                     {k: np.array(v) for k, v in inputs.items()})
+                outputs, _ = server.run(body.get("signature_name", ""),
+                                        {k: np.array(v) for k, v in inputs.items()})
             except RequestError as e:
                 return self._reply(404 if e.code == grpc.StatusCode.NOT_FOUND else 400,
                                    {"error": str(e)})
@@ -318,7 +370,12 @@ def main(argv):
     print(f"serving {model.name} version {model.version} from {model.path} on "
           f"{FLAGS.host}:{FLAGS.port} (gRPC)" + (f" and :{FLAGS.rest_port} (REST)" if rest else ""),
           flush=True)
-    server.wait_for_termination()
+    poll = FLAGS.file_system_poll_wait_seconds
+    # wait_for_termination(timeout) is True when the timeout passed and the server still runs
+    while server.wait_for_termination(timeout=poll if poll > 0 else None):
+        change = model.reload_newest()
+        if change:
+            print(change, flush=True)
 
 
 if __name__ == "__main__":

@@ -315,6 +315,45 @@ def server(trained, tmp_path_factory):
         proc.wait(timeout=30)
 
 
+def test_server_serves_a_newer_version_when_it_appears(trained, tmp_path):
+    """As TF Serving polls its base path: a new export is served from the next request on; a
+    version directory that does not load is reported once and the served one keeps serving."""
+    config, model, lengths, _ = trained
+    base = tmp_path / "volpose"
+    export.export_saved_model(model, config, str(base), lengths)  # version 1
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "serving" / "server.py"), f"--model_base_path={base}",
+         "--model_name=volpose", f"--port={port}", "--file_system_poll_wait_seconds=0.2"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = serving_client.GrpcClient(f"127.0.0.1:{port}", timeout=60, retries=8)
+
+    def wait_for_version(version):
+        deadline = time.time() + 60
+        while client.status() != [(version, "AVAILABLE")]:
+            assert time.time() < deadline, client.status()
+            time.sleep(0.2)
+
+    try:
+        client.wait_until_available(120, process=proc)
+        assert client.status() == [(1, "AVAILABLE")]
+        (base / "2").mkdir()  # no saved_model.pb: does not load
+        time.sleep(2.0)  # ten polls
+        assert client.status() == [(1, "AVAILABLE")]
+        assert client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])["confidence"].shape == (17,)
+        assert export.export_saved_model(model, config, str(base), lengths).endswith("3")
+        wait_for_version(3)
+        assert client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])["confidence"].shape == (17,)
+    finally:
+        client.close()
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert f"version 2 under {base} does not load" in output, output[-3000:]
+    assert output.count("does not load") == 1 and f"serving volpose version 3 from {base}/3" \
+        in output, output[-3000:]
+
+
 def test_grpc_round_trip(server):
     client, address, _, _ = server
     out = client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])
