@@ -34,6 +34,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
+from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
                                      model_service_pb2_grpc, predict_pb2,
@@ -218,6 +219,20 @@ class ModelServer:
                                    short_error(e.message)) from None
         return {k: v.numpy() for k, v in outputs.items()}, servable.version
 
+    def status_response(self):
+        """What GetModelStatus answers: the served version, AVAILABLE."""
+        status = get_model_status_pb2.ModelVersionStatus(
+            version=self.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+        status.status.SetInParent()  # error_code OK, as TF Serving fills it
+        return get_model_status_pb2.GetModelStatusResponse(model_version_status=[status])
+
+    def signature_map(self):
+        """What GetModelMetadata answers under ``signature_def``."""
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, value in self.servable.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(value)
+        return signature_map
+
     def model_spec(self, signature_name="", version=None):
         spec = model_pb2.ModelSpec(name=self.name, signature_name=signature_name)
         spec.version.value = self.version if version is None else version
@@ -265,10 +280,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                           "metadata_field must contain exactly signature_def")
         response = get_model_metadata_pb2.GetModelMetadataResponse(
             model_spec=self.server.model_spec())
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, value in self.server.servable.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(value)
-        response.metadata["signature_def"].Pack(signature_map)
+        response.metadata["signature_def"].Pack(self.server.signature_map())
         return response
 
 
@@ -278,9 +290,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def GetModelStatus(self, request, context):
         _check_model_or_abort(self.server, request.model_spec, context)
-        status = get_model_status_pb2.ModelVersionStatus(
-            version=self.server.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
-        return get_model_status_pb2.GetModelStatusResponse(model_version_status=[status])
+        return self.server.status_response()
 
 
 def _rest_handler(server):
@@ -292,6 +302,28 @@ def _rest_handler(server):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def do_GET(self):
+            """Model status (``/v1/models/<name>[/versions/<n>]``) and metadata (the same
+            ``+ /metadata``), as TF Serving's REST API answers them."""
+            parts = self.path.rstrip("/").split("/")
+            metadata = parts[-1] == "metadata"
+            parts = parts[:-1] if metadata else parts
+            if parts[:3] != ["", "v1", "models"] or len(parts) not in (4, 6) or (
+                    len(parts) == 6 and (parts[4] != "versions" or not parts[5].isdigit())):
+                return self._reply(404, {"error": f"unknown path {self.path}"})
+            spec = model_pb2.ModelSpec(name=parts[3])
+            if len(parts) == 6:
+                spec.version.value = int(parts[5])
+            try:
+                server.check_model(spec)
+            except RequestError as e:
+                return self._reply(404, {"error": str(e)})
+            if metadata:
+                return self._reply(200, {
+                    "model_spec": _as_json(server.model_spec()),
+                    "metadata": {"signature_def": _as_json(server.signature_map())}})
+            return self._reply(200, _as_json(server.status_response()))
 
         def do_POST(self):
             prefix = f"/v1/models/{server.name}"
@@ -329,6 +361,12 @@ def _rest_handler(server):
             pass
 
     return Handler
+
+
+def _as_json(message):
+    """A proto as TF Serving's REST API writes it (field names kept, defaults included)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
 
 
 def _from_json(value):

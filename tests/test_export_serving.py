@@ -471,6 +471,34 @@ def test_rest_round_trip(server):
     assert out["confidence"].shape == (17,)
 
 
+def test_rest_model_status_and_metadata_as_tf_serving_answers(server):
+    """``GET /v1/models/<name>[/versions/<n>][/metadata]``, TF Serving's JSON."""
+    rest = server[2]
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(f"http://{rest}{path}", timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    available = {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {
+        "error_code": "OK", "error_message": ""}}]}
+    assert get("/v1/models/volpose") == (200, available)
+    assert get("/v1/models/volpose/versions/1") == (200, available)
+    code, metadata = get("/v1/models/volpose/metadata")
+    assert code == 200 and metadata["model_spec"]["name"] == "volpose"
+    signatures = metadata["metadata"]["signature_def"]["signature_def"]
+    assert set(signatures) >= {"serving_default", "with_intrinsics", "heatmaps"}
+    assert set(signatures["serving_default"]["inputs"]) == {"image_bytes", "box"}
+    for path, message in (("/v1/models/nope", "Latest(nope)"),
+                          ("/v1/models/volpose/versions/7", "Specific(volpose, 7)"),
+                          ("/v1/models/volpose/versions/x", "unknown path"),
+                          ("/v2/models/volpose", "unknown path")):
+        code, body = get(path)
+        assert code == 404 and message in body["error"], (path, body)
+
+
 def test_client_retries_then_reports_unavailable():
     client = serving_client.GrpcClient(f"127.0.0.1:{_free_port()}", timeout=2, retries=2)
     start = time.time()
