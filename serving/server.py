@@ -94,6 +94,18 @@ def image_size(data):
     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "image_bytes is not a JPEG or PNG image")
 
 
+def _directory_listing(path):
+    """``(relative path, size, mtime)`` of every file under ``path``: it changes while a
+    copy is in progress."""
+    listing = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            file_path = os.path.join(root, name)
+            stat = os.stat(file_path)
+            listing.append((os.path.relpath(file_path, path), stat.st_size, stat.st_mtime_ns))
+    return sorted(listing)
+
+
 def newest_version(base_path):
     versions = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(base_path, "*"))
                       if os.path.basename(p).isdigit())
@@ -132,7 +144,7 @@ class ModelServer:
         self.max_pixels = int(max_pixels)
         self.max_batch_size = int(max_batch_size)
         self._slots = threading.BoundedSemaphore(max_concurrent)
-        self._failed_versions = set()
+        self._failed = {}  # version -> the directory's listing when it failed to load
 
     @property
     def version(self):
@@ -146,38 +158,48 @@ class ModelServer:
         """Loads the newest version under the base path if it is newer than the one served.
 
         Returns a line saying what changed, or None. A version that fails to load is
-        reported once and skipped; the one served keeps serving. Exports appear whole
-        (``export.export_saved_model`` renames a finished directory into place).
+        reported and tried again only once its directory changes (a copy still in
+        progress); the one served keeps serving. ``export.export_saved_model`` renames a
+        finished directory into place, so its versions appear whole.
         """
         try:
             newest = newest_version(self.base_path)
         except ValueError:  # the versions were removed: keep serving the loaded one
             return None
-        if newest <= self.version or newest in self._failed_versions:
+        if newest <= self.version:
+            return None
+        try:
+            listing = _directory_listing(os.path.join(self.base_path, str(newest)))
+        except OSError:  # files vanishing under the walk: being written, look again later
+            return None
+        if self._failed.get(newest) == listing:
             return None
         try:
             servable = Servable(self.base_path, newest)
         except Exception as e:  # any unloadable directory: keep serving
-            self._failed_versions.add(newest)
+            self._failed[newest] = listing
             return (f"warning: version {newest} under {self.base_path} does not load "
                     f"({type(e).__name__}: {short_error(str(e))[:300]}); still serving "
                     f"version {self.version}")
         self.servable = servable  # one reference swap; requests in flight hold the old one
         return f"serving {self.name} version {newest} from {servable.path}"
 
-    def check_model(self, spec):
+    def check_model(self, spec, servable=None):
+        """NOT_FOUND unless ``spec`` names this model and (if it names one) the version of
+        ``servable`` (default: the one served now)."""
+        servable = servable or self.servable
         if spec.name != self.name:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"Servable not found for request: Latest({spec.name})")
-        if spec.HasField("version") and spec.version.value != self.servable.version:
+        if spec.HasField("version") and spec.version.value != servable.version:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"Servable not found for request: Specific({spec.name}, "
                                f"{spec.version.value})")
 
-    def run(self, signature_name, inputs):
-        """Runs a signature on NumPy inputs; returns a dict of NumPy outputs and the version
-        that computed them."""
-        servable = self.servable  # this request's version, whatever a reload does meanwhile
+    def run(self, signature_name, inputs, servable=None):
+        """Runs a signature of ``servable`` (default: the version served now) on NumPy
+        inputs; returns a dict of NumPy outputs."""
+        servable = servable or self.servable
         signature_name = signature_name or "serving_default"
         if signature_name not in servable.signatures:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -217,7 +239,7 @@ class ModelServer:
             except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    short_error(e.message)) from None
-        return {k: v.numpy() for k, v in outputs.items()}, servable.version
+        return {k: v.numpy() for k, v in outputs.items()}
 
     def status_response(self):
         """What GetModelStatus answers: the served version, AVAILABLE."""
@@ -251,10 +273,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.server = server
 
     def Predict(self, request, context):
+        servable = self.server.servable  # this request's version, whatever a reload does
         try:
-            self.server.check_model(request.model_spec)
+            self.server.check_model(request.model_spec, servable)
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            outputs, version = self.server.run(request.model_spec.signature_name, inputs)
+            outputs = self.server.run(request.model_spec.signature_name, inputs, servable)
         except RequestError as e:
             context.abort(e.code, str(e))
         except Exception as e:  # keep serving whatever happens
@@ -268,7 +291,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                           f"expected to be in the set {{{','.join(sorted(outputs))}}}.")
         response = predict_pb2.PredictResponse(
             model_spec=self.server.model_spec(request.model_spec.signature_name or "serving_default",
-                                              version))
+                                              servable.version))
         for key in wanted & set(outputs):
             response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
         return response
@@ -344,8 +367,8 @@ def _rest_handler(server):
                 if not isinstance(instances, list) or not instances:
                     raise ValueError("'instances' must be a non-empty list")
                 inputs = {key: [_from_json(inst[key]) for inst in instances] for key in instances[0]}
-                outputs, _ = server.run(body.get("signature_name", ""),
-                                        {k: np.array(v) for k, v in inputs.items()})
+                outputs = server.run(body.get("signature_name", ""),
+                                     {k: np.array(v) for k, v in inputs.items()})
             except RequestError as e:
                 return self._reply(404 if e.code == grpc.StatusCode.NOT_FOUND else 400,
                                    {"error": str(e)})
@@ -411,7 +434,10 @@ def main(argv):
     poll = FLAGS.file_system_poll_wait_seconds
     # wait_for_termination(timeout) is True when the timeout passed and the server still runs
     while server.wait_for_termination(timeout=poll if poll > 0 else None):
-        change = model.reload_newest()
+        try:
+            change = model.reload_newest()
+        except Exception as e:  # keep serving whatever a look at the directory meets
+            change = f"warning: looking for a newer version failed: {type(e).__name__}: {e}"
         if change:
             print(change, flush=True)
 
