@@ -1,6 +1,7 @@
 """gRPC and REST clients for an exported tf_volpose model behind TF Serving.
 
-    python serving/client.py --server=localhost:8500 --model=volpose --image=IMG [--box=x,y,w,h]
+    python serving/client.py --server=localhost:8500 --model=volpose --image=IMG [--box=x,y,w,h] \
+        [--focal=fx,fy]
     python serving/client.py --server=localhost:8501 --model=volpose --image=IMG --rest
 
 gRPC uses ``PredictionServiceStub`` (Predict, GetModelMetadata) and
@@ -28,7 +29,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from tf_volpose import crop
+from tf_volpose import camera, crop
 
 JOINT_NAMES = ("pelvis", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "spine",
                "thorax", "neck", "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder",
@@ -135,9 +136,14 @@ class RestClient:
         self.timeout = timeout
         self.retries = retries
 
-    def predict(self, image_bytes, box, signature="serving_default"):
-        body = json.dumps({"signature_name": signature, "instances": [
-            {"image_bytes": {"b64": base64.b64encode(image_bytes).decode()}, "box": box}]}).encode()
+    def predict(self, image_bytes, box, signature="serving_default", focal=None, principal=None):
+        """One image -> dict of NumPy outputs; ``focal`` and ``principal`` (px, 2 numbers
+        each) go with the ``with_intrinsics`` signature."""
+        instance = {"image_bytes": {"b64": base64.b64encode(image_bytes).decode()},
+                    "box": list(box)}
+        if focal is not None:
+            instance.update(focal=list(focal), principal_point=list(principal))
+        body = json.dumps({"signature_name": signature, "instances": [instance]}).encode()
         delay = 0.2
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
@@ -178,15 +184,21 @@ def main(argv):
         # checked here too: behind TF Serving's batching a request the graph rejects
         # also fails the requests batched with it (serving/README.md)
         box = crop.xywh_or_whole_image(FLAGS.box, (image.shape[1], image.shape[0]))
+        focal = camera.focal_lengths(FLAGS.focal) if FLAGS.focal else None
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
+    # a calibrated camera: the with_intrinsics signature, principal point at the image centre
+    # (as tools/predict.py does)
+    calibrated = dict(signature="with_intrinsics", focal=focal,
+                      principal=[image.shape[1] / 2.0, image.shape[0] / 2.0]) if focal else {}
     try:
         if FLAGS.rest:
-            outputs = RestClient(FLAGS.server, FLAGS.model, FLAGS.timeout).predict(data, box)
+            outputs = RestClient(FLAGS.server, FLAGS.model, FLAGS.timeout).predict(
+                data, box, **calibrated)
         else:
             client = GrpcClient(FLAGS.server, FLAGS.model, FLAGS.timeout)
             print("model status:", client.status())
-            outputs = client.predict(data, box)
+            outputs = client.predict(data, box, **calibrated)
     except ServingError as e:
         raise SystemExit(f"error: {e}")
     print(format_joints(outputs))
@@ -197,6 +209,9 @@ if __name__ == "__main__":
     flags.DEFINE_string("model", "volpose", "Model name.")
     flags.DEFINE_string("image", None, "JPEG or PNG file.")
     flags.DEFINE_list("box", None, "x,y,w,h px (default: the whole image).")
+    flags.DEFINE_list("focal", None, "fx,fy px of a calibrated camera: the with_intrinsics "
+                      "signature, principal point at the image centre (default: the export's "
+                      "documented field of view).")
     flags.DEFINE_bool("rest", False, "Use the REST API instead of gRPC.")
     flags.DEFINE_float("timeout", 30.0, "Deadline per call, seconds.")
     flags.mark_flag_as_required("image")

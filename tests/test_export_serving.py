@@ -503,6 +503,30 @@ def test_rest_model_status_and_metadata_as_tf_serving_answers(server):
         assert code == 404 and message in body["error"], (path, body)
 
 
+def test_clients_send_intrinsics_over_grpc_and_rest_and_the_cli_prints_them(server, tmp_path):
+    """``--focal`` (and ``focal=``/``principal=`` in the clients) call ``with_intrinsics``, with
+    the principal point at the image centre, and move the answer against the default's."""
+    client, address, rest, _ = server
+    box, focal, principal = [0.0, 0.0, 90.0, 120.0], [150.0, 150.0], [45.0, 60.0]
+    grpc_out = client.predict(_jpeg(), box, "with_intrinsics", focal, principal)
+    rest_out = serving_client.RestClient(rest).predict(_jpeg(), box, "with_intrinsics", focal,
+                                                        principal)
+    np.testing.assert_allclose(rest_out["joints_3d_mm"], grpc_out["joints_3d_mm"], rtol=1e-5)
+    default = client.predict(_jpeg(), box)
+    # another focal length (the default's is 120 / (2 tan 25 deg) = 128.7 px) scales x, y
+    assert np.abs(grpc_out["joints_3d_mm"][:, :2] - default["joints_3d_mm"][:, :2]).max() > 1.0
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(_jpeg())
+    for front_end in ([f"--server={address}"], [f"--server={rest}", "--rest"]):
+        out = subprocess.run([sys.executable, str(REPO / "serving" / "client.py"), *front_end,
+                              f"--image={image}", "--focal=150,150"], capture_output=True,
+                             text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        assert out.returncode == 0, out.stderr[-2000:]
+        pelvis = next(line for line in out.stdout.splitlines() if line.startswith("pelvis"))
+        np.testing.assert_allclose([float(v) for v in pelvis.split()[1:4]],
+                                   grpc_out["joints_3d_mm"][0], atol=0.051)
+
+
 def test_client_retries_then_reports_unavailable():
     client = serving_client.GrpcClient(f"127.0.0.1:{_free_port()}", timeout=2, retries=2)
     start = time.time()
@@ -638,9 +662,9 @@ def test_tools_quiet_tensorflow_before_it_loads(tmp_path):
     assert "cpu_feature_guard" not in stderr(None)
 
 
-def _bad_image_and_box_args(tmp_path):
-    """``(args, message)``: bad ``--image`` and ``--box`` values that tools/predict.py and
-    serving/client.py both refuse before any work, and what they say."""
+def _bad_image_box_and_focal_args(tmp_path):
+    """``(args, message)``: bad ``--image``, ``--box`` and ``--focal`` values that
+    tools/predict.py and serving/client.py both refuse before any work, and what they say."""
     image, text = _image_and_text_files(tmp_path)  # a 48x64 JPEG and a text file
     return [([f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
             ([f"--image={text}"], f"{text} is not a JPEG or PNG image"),
@@ -648,16 +672,16 @@ def _bad_image_and_box_args(tmp_path):
             ([f"--image={image}", "--box=0,0,nan,10"], "NaN or Inf"),
             ([f"--image={image}", "--box=1,2"], "must have shape (4,)"),
             ([f"--image={image}", "--box=48,0,10,10"], "lies outside the 48x64 image"),
-            ([f"--image={image}", "--box=0,-20,10,10"], "lies outside the 48x64 image")]
+            ([f"--image={image}", "--box=0,-20,10,10"], "lies outside the 48x64 image"),
+            ([f"--image={image}", "--focal=-5,500"], "focal (fx,fy) must be positive"),
+            ([f"--image={image}", "--focal=1000"], "must have shape (2,)")]
 
 
 def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):
     model = f"--saved_model={tmp_path / 'no_export'}"  # each case must fail before loading it
-    cases = _bad_image_and_box_args(tmp_path)
+    cases = _bad_image_box_and_focal_args(tmp_path)
     image = f"--image={tmp_path / 'photo.jpg'}"  # the good image those cases wrote
-    cases += [([image, "--focal=1000"], "must have shape (2,)"),
-              ([image, "--focal=-5,500"], "must be positive"),
-              ([image, "--focal=nan,1"], "NaN or Inf")]
+    cases += [([image, "--focal=nan,1"], "NaN or Inf")]
     _assert_one_line_errors("tools/predict.py", [([model, *args], message)
                                                  for args, message in cases])
 
@@ -665,5 +689,5 @@ def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):
 def test_client_cli_reports_bad_input_in_one_line_before_connecting(tmp_path):
     server = f"--server=127.0.0.1:{_free_port()}"  # nothing listens: each must fail before a call
     _assert_one_line_errors("serving/client.py", [
-        ([server, *args], message) for args, message in _bad_image_and_box_args(tmp_path)])
+        ([server, *args], message) for args, message in _bad_image_box_and_focal_args(tmp_path)])
 
