@@ -20,7 +20,6 @@ from absl import app, flags
 
 from tf_volpose import benchmark, evaluation, export, skeleton, training
 
-
 FLAGS = flags.FLAGS
 SECTIONS = ("model", "loss", "decode", "pipeline", "serving", "export")
 flags.DEFINE_list("sections", ["model", "loss", "decode", "pipeline"], ", ".join(SECTIONS) + ".")

@@ -17,7 +17,6 @@ from absl import flags
 from tf_volpose import evaluation
 from tf_volpose.data import h36m
 
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("h36m_root", None, "Root of the official release (S1/MyPoseFeatures/...).")
 flags.DEFINE_string("output_dir", None, "Where to write the records.")

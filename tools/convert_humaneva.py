@@ -14,7 +14,6 @@ from tf_volpose import evaluation, skeleton
 from tf_volpose.data import humaneva
 from tf_volpose.data.h36m import ConversionError
 
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("npz_3d", None, "positions_3d .npz (metres, world frame).")
 flags.DEFINE_string("npz_2d", None, "positions_2d .npz (px, per camera).")

@@ -18,7 +18,6 @@ from absl import flags
 from tf_volpose.data import kth
 from tf_volpose.data.h36m import ConversionError
 
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("kth_root", None, "Folder holding the unzipped KTH sequence folders.")
 flags.DEFINE_string("output_dir", None, "Where to write the records.")

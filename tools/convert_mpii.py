@@ -12,7 +12,6 @@ from absl import flags
 from tf_volpose.data import mpii
 from tf_volpose.data.h36m import ConversionError
 
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("annotations", None, "The hourglass annotation .h5 file.")
 flags.DEFINE_string("images", None, "MPII image folder.")

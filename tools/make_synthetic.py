@@ -11,7 +11,6 @@ import keras
 
 from tf_volpose.data import synthetic
 
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Where to write train-*.tfrecord and val-*.tfrecord.")
 flags.DEFINE_integer("num_train", 20000, "Training records.")

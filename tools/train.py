@@ -19,7 +19,6 @@ from absl import app, flags
 
 from tf_volpose import evaluation, hardware, training
 
-
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("dry_run", False, "Build data and model, print the summary, exit.")
 
