@@ -1,6 +1,8 @@
 import os
 import pathlib
 import struct
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -50,3 +52,16 @@ def jpeg_with_exif_orientation(image, orientation):
     ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)
     payload = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
     return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+
+
+def assert_one_line_errors(script, cases):
+    """Runs ``script`` once per ``(args, message)``: each must exit 1 with no traceback and
+    no usage dump, its last line ``error: ...`` containing ``message``."""
+    for args, message in cases:
+        out = subprocess.run([sys.executable, str(REPO / script), *args],
+                             capture_output=True, text=True, timeout=300, cwd=REPO,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
+        assert not any(line.startswith("flags:") for line in lines), out.stderr[-2000:]

@@ -1,7 +1,13 @@
 """The benchmark functions run and report sane values on tiny sizes (no timing assertions)."""
 
-import numpy as np
+import json
+import re
+import sys
 
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, assert_one_line_errors
 from tf_volpose import benchmark, training, volume
 
 
@@ -26,7 +32,6 @@ def test_pipeline_section_on_large_frames(tmp_path):
 
 
 def test_export_section_compares_fp32_and_bf16_exports(tmp_path):
-    import pytest
     from tf_volpose.data import synthetic
     config = training.TrainConfig(features=8, input_size=64, depths=(1, 4), hourglass_depth=2)
     synthetic.generate(str(tmp_path), num_train=0, num_val=6, seed=3)
@@ -51,3 +56,77 @@ def test_export_section_compares_fp32_and_bf16_exports(tmp_path):
     with pytest.raises(ValueError, match="no files match"):
         benchmark.export_precision_speed(model, config, np.full(16, 250.0),
                                          str(tmp_path / "none-*"))
+
+
+def _reference(**changes):
+    """A reference JSON as tools/pytorch_reference.py writes it, numbers by hand."""
+    reference = {"torch": "2.x", "threads": 2, "batch_size": 4, "depths": [1, 2, 4, 64],
+                 "features": 256, "params": 13231415,
+                 "forward_img_per_s_nchw": 2.0, "forward_img_per_s_channels_last": 4.0,
+                 "forward_img_per_s": 4.0, "train_img_per_s_nchw": 1.0,
+                 "train_img_per_s_channels_last": 1.25, "train_img_per_s": 1.25}
+    reference.update(changes)
+    return reference
+
+
+def test_reference_ratios_divide_by_each_memory_format(tmp_path):
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(_reference()))
+    reference = benchmark.load_reference(str(path), training.TrainConfig(), 4)
+    ratios = benchmark.reference_ratios({"forward_img_per_s": 5.0, "train_img_per_s": 2.5},
+                                        reference)
+    assert ratios == pytest.approx({"forward": 1.25, "forward_vs_nchw": 2.5,
+                                    "forward_vs_channels_last": 1.25, "train": 2.0,
+                                    "train_vs_nchw": 2.5, "train_vs_channels_last": 2.0})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"features": 64}, "measured features=64, the benchmarked model has features=256"),
+    ({"depths": [1, 64]}, "measured depths=[1, 64]"),
+    ({"batch_size": 8}, "measured batch_size=8"),
+    ({"train_img_per_s": None, "forward_img_per_s": None}, "has no 'forward_img_per_s'"),
+])
+def test_a_reference_of_another_network_is_refused(tmp_path, changes, message):
+    reference = {k: v for k, v in _reference(**changes).items() if v is not None}
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(reference))
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        benchmark.load_reference(str(path), training.TrainConfig(), 4)
+    assert str(path) in str(error.value)
+
+
+def test_benchmark_tool_checks_the_reference_before_measuring(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not json")
+    wrong = tmp_path / "ref.json"
+    wrong.write_text(json.dumps(_reference(features=64)))
+    assert_one_line_errors("tools/benchmark.py", [
+        ([f"--reference_json={tmp_path / 'missing.json'}", "--sections=model"], "missing.json"),
+        ([f"--reference_json={text}", "--sections=model"], "cannot read the PyTorch reference"),
+        ([f"--reference_json={wrong}", "--sections=model"], "measured features=64"),
+        ([f"--reference_json={wrong}", "--sections=loss"], "needs --sections=model"),
+    ])
+
+
+def test_pytorch_reference_is_the_same_network():
+    """tools/pytorch_reference.py builds this project's ``hg`` (with convolution biases, as
+    Newell's code): the same weights, layer for layer, so its speed is a fair reference."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import pytorch_reference
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    for depths, features in (((1, 4), 16), ((2, 1, 8), 32)):
+        ours = training.build_model(training.TrainConfig(
+            depths=depths, features=features, input_size=64, conv_bias=True))
+        theirs = pytorch_reference.StackedHourglass([17 * d for d in depths], features)
+        keras_shapes = sorted(tuple(w.shape) for w in ours.weights)
+        torch_shapes = sorted(
+            tuple(p.shape[2:]) + tuple(p.shape[1::-1]) if p.dim() == 4 else tuple(p.shape)
+            for p in list(theirs.parameters()) + [
+                b for key, b in theirs.named_buffers() if key.endswith(("_mean", "_var"))])
+        assert keras_shapes == torch_shapes
+        assert pytorch_reference.count_weights(theirs) == ours.count_params()
+        outputs = theirs.eval()(torch.zeros(1, 3, 64, 64))
+        assert [tuple(o.shape) for o in outputs] == [(1, 17 * d, 16, 16) for d in depths]

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from tf_volpose import evaluation, export, training, volume
 from tf_volpose.data import synthetic
 from tf_volpose.models import hourglass
-from tests.conftest import jpeg_with_exif_orientation
+from tests.conftest import assert_one_line_errors, jpeg_with_exif_orientation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "serving"))  # serving/ holds scripts, not a package
@@ -582,19 +582,6 @@ def test_predict_tool_sends_an_exif_rotated_photo_upright(trained, tmp_path):
     np.testing.assert_allclose([cx, cy], [50.0, 75.0], atol=0.5)
 
 
-def _assert_one_line_errors(script, cases):
-    """Runs ``script`` once per ``(args, message)``: each must exit 1 with no traceback and
-    no usage dump, its last line ``error: ...`` containing ``message``."""
-    for args, message in cases:
-        out = subprocess.run([sys.executable, str(REPO / script), *args],
-                             capture_output=True, text=True, timeout=300, cwd=REPO,
-                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        lines = out.stderr.strip().splitlines()
-        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-        assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
-        assert not any(line.startswith("flags:") for line in lines), out.stderr[-2000:]
-
-
 def _image_and_text_files(directory):
     image, text = directory / "photo.jpg", directory / "notes.txt"
     image.write_bytes(_jpeg(h=64, w=48))
@@ -616,9 +603,9 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
                                                f"--checkpoint={missing}"]),
                        ("serving/server.py", [f"--model_base_path={missing}",
                                               f"--port={_free_port()}"])):
-        _assert_one_line_errors(tool, [(args, str(missing))])
+        assert_one_line_errors(tool, [(args, str(missing))])
     assert not (tmp_path / "exports").exists()  # nothing written
-    _assert_one_line_errors("tools/bone_lengths.py", [([], "give --train_pattern")])
+    assert_one_line_errors("tools/bone_lengths.py", [([], "give --train_pattern")])
 
 
 def _first_import_after_stdlib(path):
@@ -682,12 +669,12 @@ def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):
     cases = _bad_image_box_and_focal_args(tmp_path)
     image = f"--image={tmp_path / 'photo.jpg'}"  # the good image those cases wrote
     cases += [([image, "--focal=nan,1"], "NaN or Inf")]
-    _assert_one_line_errors("tools/predict.py", [([model, *args], message)
+    assert_one_line_errors("tools/predict.py", [([model, *args], message)
                                                  for args, message in cases])
 
 
 def test_client_cli_reports_bad_input_in_one_line_before_connecting(tmp_path):
     server = f"--server=127.0.0.1:{_free_port()}"  # nothing listens: each must fail before a call
-    _assert_one_line_errors("serving/client.py", [
+    assert_one_line_errors("serving/client.py", [
         ([server, *args], message) for args, message in _bad_image_box_and_focal_args(tmp_path)])
 

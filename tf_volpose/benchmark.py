@@ -2,6 +2,8 @@
 
 * :func:`model_speed`: forward and training img/s, GFLOPs per image counted
   from the graph, measured matmul peak and the roofline fraction;
+  :func:`reference_ratios` relates them to ``tools/pytorch_reference.py``'s
+  numbers for the same network on the same machine;
 * :func:`loss_speed`: separable vs dense volumetric loss (with and without the
   last head), time and memory;
 * :func:`decode_speed`: heatmaps -> sub-voxel joints, per decoding method;
@@ -11,6 +13,7 @@
 """
 
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
@@ -107,6 +110,55 @@ def model_speed(config, batch_size=4, precision="fp32", repeats=5):
         return result
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def load_reference(path, config, batch_size):
+    """Reads ``tools/pytorch_reference.py``'s JSON and checks it measured this network.
+
+    Raises:
+      ValueError: the file is missing or not such JSON, or it measured other
+        depths, features or batch size than ``config`` / ``batch_size``
+        (naming the file, the field and both values).
+    """
+    try:
+        with open(path) as f:
+            reference = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the PyTorch reference {path}: {e}") from None
+    missing = [k for k in ("forward_img_per_s", "train_img_per_s")
+               if not isinstance(reference, dict) or k not in reference]
+    if missing:
+        raise ValueError(f"{path} has no {missing[0]!r}: not a JSON written by "
+                         f"tools/pytorch_reference.py --output_json")
+    ours = {"depths": list(config.depths), "features": config.features, "batch_size": batch_size}
+    for field, value in ours.items():
+        if reference.get(field) != value:
+            raise ValueError(f"{path} measured {field}={reference.get(field)!r}, the benchmarked "
+                             f"model has {field}={value!r}: measure both with the same network "
+                             f"and batch size")
+    return reference
+
+
+def reference_ratios(fp32, reference):
+    """This project's fp32 speeds over a PyTorch reference's (``tools/pytorch_reference.py``).
+
+    Args:
+      fp32: :func:`model_speed`'s fp32 numbers.
+      reference: from :func:`load_reference`: img/s overall and per memory format.
+
+    Returns:
+      ``{"forward": ..., "train": ...}`` over the reference's faster memory
+      format, and ``"<forward|train>_vs_<format>"`` over each format it timed.
+    """
+    ratios = {}
+    for what in ("forward", "train"):
+        ours = fp32[f"{what}_img_per_s"]
+        ratios[what] = ours / reference[f"{what}_img_per_s"]
+        prefix = f"{what}_img_per_s_"
+        for key, value in reference.items():
+            if key.startswith(prefix):
+                ratios[f"{what}_vs_{key[len(prefix):]}"] = ours / value
+    return ratios
 
 
 def loss_speed(batch_size=4, joints=17, size=64, depth=64, features=256, repeats=5):

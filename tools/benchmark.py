@@ -4,6 +4,7 @@
     python tools/benchmark.py --sections=decode --batch_size=8   # heatmaps -> joints, per method
     python tools/benchmark.py --sections=model --backbone=hg --depths=1,2,4,64 --batch_size=4
     python tools/benchmark.py --sections=export --checkpoint=runs/synthetic   # fp32 vs bf16 export
+    python tools/benchmark.py --sections=model --reference_json=ref.json   # ratios to PyTorch (tools/pytorch_reference.py)
 
 Prints a table per section and writes all numbers as JSON. Numbers depend on the
 machine: run the baseline in the same session before comparing.
@@ -40,6 +41,8 @@ flags.DEFINE_string("checkpoint", None, "Export section: a trained run or checkp
                     "from --val_pattern.")
 flags.DEFINE_string("val_pattern", None, "Export section: records to send (default: the run's).")
 flags.DEFINE_integer("export_images", 200, "Export section: records sent per pass.")
+flags.DEFINE_string("reference_json", None, "Model section: the JSON of tools/pytorch_reference.py "
+                    "(run on this machine, same network and batch size); adds the fp32 ratios.")
 flags.DEFINE_string("output_json", None, "Where to write the numbers.")
 
 
@@ -54,6 +57,12 @@ def main(argv):
         training.checkpoint_path(FLAGS.checkpoint)  # a wrong path fails now, naming it
     config = training.TrainConfig(backbone=FLAGS.backbone, depths=tuple(map(int, FLAGS.depths)),
                                   features=FLAGS.features, input_size=FLAGS.input_size)
+    reference = None
+    if FLAGS.reference_json:  # read and checked now, not after the model section's minutes
+        if "model" not in FLAGS.sections or "fp32" not in FLAGS.precisions:
+            raise ValueError("--reference_json compares fp32 speeds: it needs --sections=model "
+                             "and fp32 in --precisions")
+        reference = benchmark.load_reference(FLAGS.reference_json, config, FLAGS.batch_size)
     results = {"config": {"backbone": config.backbone, "depths": list(config.depths),
                           "features": config.features, "input_size": config.input_size,
                           "batch_size": FLAGS.batch_size}}
@@ -71,6 +80,8 @@ def main(argv):
         if fp32 and "bf16" in section:
             section["bf16_forward_speedup"] = (section["bf16"]["forward_img_per_s"]
                                                / fp32["forward_img_per_s"])
+        if reference is not None:
+            section["vs_pytorch_reference"] = benchmark.reference_ratios(fp32, reference)
         results["model"] = section
         print(json.dumps(section, indent=2))
     if "loss" in FLAGS.sections:

@@ -1,0 +1,191 @@
+"""The PyTorch reference of issue #3's speed aims, to measure on the machine at hand.
+
+The aims of ``tools/benchmark.py --sections=model`` are ratios to "a PyTorch
+implementation of the same network" (``hg``, depths 1,2,4,64, 17 joints, 256
+features, 256x256 input, batch 4: 9.2 img/s inference and 1.85 img/s training
+with dense targets on the machine the issue was written on). Speeds differ
+several-fold between the machines this project runs on, so a ratio only means
+something when both sides run on one machine: this script is that other side.
+
+It builds Newell et al.'s stacked hourglass as their PyTorch ports do (every
+convolution with a bias, pre-activation bottleneck residuals, next stack input
+``x + conv1x1(features) + conv1x1(heatmaps)``): the weights of this
+project's model with ``conv_bias=True``, layer for layer (13,231,415 at the
+paper size; ``tests/test_benchmark.py`` checks it where PyTorch is installed).
+It times
+
+* inference: ``model.eval()`` under ``torch.inference_mode()``, in the default
+  (NCHW) and the channels-last memory format; the faster one is the reference;
+* training: one RMSprop step (lr 2.5e-4) on the mean squared error of every
+  stack to dense target volumes handed in with the batch, as a PyTorch data
+  loader would (the targets are made once, outside the timing); in both
+  memory formats, the faster one is the reference.
+
+PyTorch is not a dependency of tf_volpose; run it in its own environment::
+
+    python -m venv /tmp/torch && /tmp/torch/bin/pip install torch absl-py
+    /tmp/torch/bin/python tools/pytorch_reference.py [--batch_size=4] [--output_json=ref.json]
+
+Prints one JSON object (img/s, parameters, threads) and writes it with ``--output_json``.
+"""
+
+import json
+import statistics
+import timeit
+
+import _cli  # tools/ is on sys.path when this script runs; it does not load TensorFlow
+
+import torch
+from absl import flags
+from torch import nn
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("depths", ["1", "2", "4", "64"], "Depth resolution of each stack.")
+flags.DEFINE_integer("joints", 17, "Joints.")
+flags.DEFINE_integer("features", 256, "Hourglass width.")
+flags.DEFINE_integer("input_size", 256, "Input crop side, px.")
+flags.DEFINE_integer("batch_size", 4, "Batch size.")
+flags.DEFINE_integer("repeats", 5, "Timed repetitions (median).")
+flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: PyTorch's default).")
+flags.DEFINE_string("output_json", None, "Where to write the numbers.")
+
+
+class Residual(nn.Module):
+    """BN-ReLU-conv1x1(out/2), BN-ReLU-conv3x3(out/2), BN-ReLU-conv1x1(out) + skip."""
+
+    def __init__(self, inputs, outputs):
+        super().__init__()
+        half = outputs // 2
+        self.branch = nn.Sequential(
+            nn.BatchNorm2d(inputs), nn.ReLU(), nn.Conv2d(inputs, half, 1),
+            nn.BatchNorm2d(half), nn.ReLU(), nn.Conv2d(half, half, 3, padding=1),
+            nn.BatchNorm2d(half), nn.ReLU(), nn.Conv2d(half, outputs, 1))
+        self.skip = nn.Identity() if inputs == outputs else nn.Conv2d(inputs, outputs, 1)
+
+    def forward(self, x):
+        return self.branch(x) + self.skip(x)
+
+
+class Hourglass(nn.Module):
+    def __init__(self, depth, features):
+        super().__init__()
+        self.up = Residual(features, features)
+        self.low1 = Residual(features, features)
+        self.low2 = Hourglass(depth - 1, features) if depth > 1 else Residual(features, features)
+        self.low3 = Residual(features, features)
+
+    def forward(self, x):
+        low = self.low3(self.low2(self.low1(nn.functional.max_pool2d(x, 2))))
+        return self.up(x) + nn.functional.interpolate(low, scale_factor=2, mode="nearest")
+
+
+class StackedHourglass(nn.Module):
+    """``hg``: stem, then per stack hourglass, residual, lin, 1x1 head, fusion."""
+
+    def __init__(self, head_channels, features=256, hourglass_depth=4):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, features // 4, 7, stride=2, padding=3), nn.BatchNorm2d(features // 4),
+            nn.ReLU(), Residual(features // 4, features // 2), nn.MaxPool2d(2),
+            Residual(features // 2, features // 2), Residual(features // 2, features))
+        self.stacks = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        self.fuse_features = nn.ModuleList()
+        self.fuse_heatmaps = nn.ModuleList()
+        for i, channels in enumerate(head_channels):
+            self.stacks.append(nn.Sequential(
+                Hourglass(hourglass_depth, features), Residual(features, features),
+                nn.Conv2d(features, features, 1), nn.BatchNorm2d(features), nn.ReLU()))
+            self.heads.append(nn.Conv2d(features, channels, 1))
+            if i < len(head_channels) - 1:
+                self.fuse_features.append(nn.Conv2d(features, features, 1))
+                self.fuse_heatmaps.append(nn.Conv2d(channels, features, 1))
+
+    def forward(self, x):
+        x = self.stem(x)
+        outputs = []
+        for i, (stack, head) in enumerate(zip(self.stacks, self.heads)):
+            lin = stack(x)
+            heatmaps = head(lin)
+            outputs.append(heatmaps)
+            if i < len(self.fuse_features):
+                x = x + self.fuse_features[i](lin) + self.fuse_heatmaps[i](heatmaps)
+        return outputs
+
+
+def count_weights(model):
+    """Parameters and batch-norm moving statistics: what Keras's ``count_params`` counts."""
+    statistics = [b for key, b in model.named_buffers() if key.endswith(("_mean", "_var"))]
+    return sum(w.numel() for w in list(model.parameters()) + statistics)
+
+
+def _median_seconds(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
+
+
+# the two memory formats PyTorch's CPU convolutions run in
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def measure(depths, joints, features, input_size, batch_size, repeats):
+    model = StackedHourglass([joints * d for d in depths], features)
+    images = torch.rand(batch_size, 3, input_size, input_size)
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+              "batch_size": batch_size, "depths": list(depths), "features": features,
+              "params": count_weights(model)}
+
+    model.eval()
+    for name, memory_format in LAYOUTS.items():
+        model = model.to(memory_format=memory_format)
+        batch = images.contiguous(memory_format=memory_format)
+
+        def forward():
+            with torch.inference_mode():
+                model(batch)
+
+        result[f"forward_img_per_s_{name}"] = batch_size / _median_seconds(forward, 2, repeats)
+    result["forward_img_per_s"] = max(result[f"forward_img_per_s_{n}"] for n in LAYOUTS)
+
+    size = input_size // 4
+    for name, memory_format in LAYOUTS.items():
+        model = model.to(memory_format=memory_format).train()
+        batch = images.contiguous(memory_format=memory_format)
+        targets = [torch.rand(batch_size, joints * d, size, size).contiguous(
+            memory_format=memory_format) for d in depths]
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
+
+        def train_step():
+            optimizer.zero_grad(set_to_none=True)
+            loss = sum(nn.functional.mse_loss(p, t) for p, t in zip(model(batch), targets))
+            loss.backward()
+            optimizer.step()
+
+        result[f"train_img_per_s_{name}"] = batch_size / _median_seconds(train_step, 2, repeats)
+    result["train_img_per_s"] = max(result[f"train_img_per_s_{n}"] for n in LAYOUTS)
+    return result
+
+
+def main(argv):
+    del argv
+    if FLAGS.threads:
+        torch.set_num_threads(FLAGS.threads)
+    try:
+        depths = [int(d) for d in FLAGS.depths]
+    except ValueError:
+        raise ValueError(f"--depths takes comma-separated positive integers, got "
+                         f"{','.join(FLAGS.depths)!r}") from None
+    if not depths or min(depths) < 1:
+        raise ValueError(f"--depths takes comma-separated positive integers, got {depths}")
+    result = measure(depths, FLAGS.joints, FLAGS.features, FLAGS.input_size, FLAGS.batch_size,
+                     FLAGS.repeats)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if FLAGS.output_json:
+        with open(FLAGS.output_json, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    _cli.run(main)
