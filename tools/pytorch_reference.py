@@ -12,7 +12,7 @@ convolution with a bias, pre-activation bottleneck residuals, next stack input
 ``x + conv1x1(features) + conv1x1(heatmaps)``): the weights of this
 project's model with ``conv_bias=True``, layer for layer (13,231,415 at the
 paper size; ``tests/test_benchmark.py`` checks it where PyTorch is installed).
-It times
+It runs eagerly, as those ports do (no ``torch.compile``), and times
 
 * inference: ``model.eval()`` under ``torch.inference_mode()``, in the default
   (NCHW) and the channels-last memory format; the faster one is the reference;
