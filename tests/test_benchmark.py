@@ -60,8 +60,9 @@ def test_export_section_compares_fp32_and_bf16_exports(tmp_path):
 
 def _reference(**changes):
     """A reference JSON as tools/pytorch_reference.py writes it, numbers by hand."""
-    reference = {"torch": "2.x", "threads": 2, "batch_size": 4, "depths": [1, 2, 4, 64],
-                 "features": 256, "params": 13231415,
+    reference = {"torch": "2.x", "threads": 2, "backbone": "hg", "batch_size": 4,
+                 "depths": [1, 2, 4, 64], "features": 256, "joints": 17, "input_size": 256,
+                 "params": 13231415,
                  "forward_img_per_s_nchw": 2.0, "forward_img_per_s_channels_last": 4.0,
                  "forward_img_per_s": 4.0, "train_img_per_s_nchw": 1.0,
                  "train_img_per_s_channels_last": 1.25, "train_img_per_s": 1.25}
@@ -84,6 +85,8 @@ def test_reference_ratios_divide_by_each_memory_format(tmp_path):
     ({"features": 64}, "measured features=64, the benchmarked model has features=256"),
     ({"depths": [1, 64]}, "measured depths=[1, 64]"),
     ({"batch_size": 8}, "measured batch_size=8"),
+    ({"input_size": 128}, "measured input_size=128"),
+    ({"backbone": "hg-stacked"}, "measured backbone='hg-stacked'"),
     ({"train_img_per_s": None, "forward_img_per_s": None}, "has no 'forward_img_per_s'"),
 ])
 def test_a_reference_of_another_network_is_refused(tmp_path, changes, message):
@@ -108,7 +111,7 @@ def test_benchmark_tool_checks_the_reference_before_measuring(tmp_path):
     ])
 
 
-def test_pytorch_reference_is_the_same_network():
+def test_pytorch_reference_is_the_same_network(tmp_path):
     """tools/pytorch_reference.py builds this project's ``hg`` (with convolution biases, as
     Newell's code): the same weights, layer for layer, so its speed is a fair reference."""
     torch = pytest.importorskip("torch")
@@ -130,3 +133,12 @@ def test_pytorch_reference_is_the_same_network():
         assert pytorch_reference.count_weights(theirs) == ours.count_params()
         outputs = theirs.eval()(torch.zeros(1, 3, 64, 64))
         assert [tuple(o.shape) for o in outputs] == [(1, 17 * d, 16, 16) for d in depths]
+    # what the script writes is what tools/benchmark.py --reference_json reads
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(pytorch_reference.measure((1, 4), 17, 16, 64, 2, repeats=1)))
+    config = training.TrainConfig(depths=(1, 4), features=16, input_size=64)
+    reference = benchmark.load_reference(str(path), config, 2)
+    ratios = benchmark.reference_ratios({"forward_img_per_s": 1.0, "train_img_per_s": 1.0},
+                                        reference)
+    assert set(ratios) == {"forward", "train", "forward_vs_nchw", "forward_vs_channels_last",
+                           "train_vs_nchw", "train_vs_channels_last"}

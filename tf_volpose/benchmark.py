@@ -116,9 +116,9 @@ def load_reference(path, config, batch_size):
     """Reads ``tools/pytorch_reference.py``'s JSON and checks it measured this network.
 
     Raises:
-      ValueError: the file is missing or not such JSON, or it measured other
-        depths, features or batch size than ``config`` / ``batch_size``
-        (naming the file, the field and both values).
+      ValueError: the file is missing or not such JSON, or it measured another
+        backbone, depths, features, joints, input size or batch size than
+        ``config`` / ``batch_size`` (naming the file, the field and both values).
     """
     try:
         with open(path) as f:
@@ -130,7 +130,9 @@ def load_reference(path, config, batch_size):
     if missing:
         raise ValueError(f"{path} has no {missing[0]!r}: not a JSON written by "
                          f"tools/pytorch_reference.py --output_json")
-    ours = {"depths": list(config.depths), "features": config.features, "batch_size": batch_size}
+    ours = {"backbone": config.backbone, "depths": list(config.depths),
+            "features": config.features, "joints": config.num_joints,
+            "input_size": config.input_size, "batch_size": batch_size}
     for field, value in ours.items():
         if reference.get(field) != value:
             raise ValueError(f"{path} measured {field}={reference.get(field)!r}, the benchmarked "

@@ -133,7 +133,8 @@ def measure(depths, joints, features, input_size, batch_size, repeats):
     model = StackedHourglass([joints * d for d in depths], features)
     images = torch.rand(batch_size, 3, input_size, input_size)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-              "batch_size": batch_size, "depths": list(depths), "features": features,
+              "backbone": "hg", "batch_size": batch_size, "depths": list(depths),
+              "features": features, "joints": joints, "input_size": input_size,
               "params": count_weights(model)}
 
     model.eval()
