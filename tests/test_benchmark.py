@@ -127,8 +127,7 @@ def test_pytorch_reference_is_the_same_network(tmp_path):
         keras_shapes = sorted(tuple(w.shape) for w in ours.weights)
         torch_shapes = sorted(
             tuple(p.shape[2:]) + tuple(p.shape[1::-1]) if p.dim() == 4 else tuple(p.shape)
-            for p in list(theirs.parameters()) + [
-                b for key, b in theirs.named_buffers() if key.endswith(("_mean", "_var"))])
+            for p in pytorch_reference.weight_tensors(theirs))
         assert keras_shapes == torch_shapes
         assert pytorch_reference.count_weights(theirs) == ours.count_params()
         outputs = theirs.eval()(torch.zeros(1, 3, 64, 64))

@@ -113,10 +113,15 @@ class StackedHourglass(nn.Module):
         return outputs
 
 
+def weight_tensors(model):
+    """Parameters and batch-norm moving statistics: what Keras's ``model.weights`` holds."""
+    moving = [b for key, b in model.named_buffers() if key.endswith(("_mean", "_var"))]
+    return list(model.parameters()) + moving
+
+
 def count_weights(model):
-    """Parameters and batch-norm moving statistics: what Keras's ``count_params`` counts."""
-    statistics = [b for key, b in model.named_buffers() if key.endswith(("_mean", "_var"))]
-    return sum(w.numel() for w in list(model.parameters()) + statistics)
+    """What Keras's ``count_params`` counts."""
+    return sum(w.numel() for w in weight_tensors(model))
 
 
 def _median_seconds(fn, warmup, repeats):
@@ -175,10 +180,10 @@ def main(argv):
     try:
         depths = [int(d) for d in FLAGS.depths]
     except ValueError:
-        raise ValueError(f"--depths takes comma-separated positive integers, got "
-                         f"{','.join(FLAGS.depths)!r}") from None
+        depths = []
     if not depths or min(depths) < 1:
-        raise ValueError(f"--depths takes comma-separated positive integers, got {depths}")
+        raise ValueError(f"--depths takes comma-separated positive integers, got "
+                         f"{','.join(FLAGS.depths)!r}")
     result = measure(depths, FLAGS.joints, FLAGS.features, FLAGS.input_size, FLAGS.batch_size,
                      FLAGS.repeats)
     text = json.dumps(result, indent=2)
