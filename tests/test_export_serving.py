@@ -344,7 +344,11 @@ def test_server_serves_a_newer_version_when_it_appears(trained, tmp_path):
         time.sleep(2.0)  # ten polls: reported once, not retried while the directory is as it was
         assert client.status() == [(1, "AVAILABLE")]
         assert client.predict(_jpeg(), [0.0, 0.0, 90.0, 120.0])["confidence"].shape == (17,)
-        shutil.copytree(base / "1", base / "2", dirs_exist_ok=True)  # a copy, done late
+        # its files change: the complete copy replaces the empty directory in one rename (a copy
+        # made in place could be seen half-written by a poll, a second, legitimate report)
+        shutil.copytree(base / "1", tmp_path / "staging")
+        (base / "2").rmdir()
+        (tmp_path / "staging").rename(base / "2")
         wait_for_version(2)
         assert export.export_saved_model(model, config, str(base), lengths).endswith("3")
         wait_for_version(3)
