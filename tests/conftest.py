@@ -8,10 +8,18 @@ import cv2
 import numpy as np
 import pytest
 
+from tf_volpose import skeleton
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def three_joint_set():
+    """A root with a left and a right child: small enough to check drawings pixel by pixel."""
+    return skeleton.JointSet("tiny", ("root", "left", "right"), (-1, 0, 0), ((1, 2),),
+                             {"arms": ((0, 1), (0, 2))})
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import camera, losses, skeleton, visualize, volume
+from tf_volpose import camera, losses, skeleton, summaries, volume
 from tf_volpose.data import augment, pipeline, synthetic
 from tf_volpose.models import decoupled, hourglass, regression, volumetric
 
@@ -382,26 +382,14 @@ def restore_by_name(model, path):
 
 
 def image_summaries(config, images, outputs, targets, max_images=3):
-    """Input crops with predicted (filled) and ground-truth (hollow) 2D skeletons, and per
-    stack the heatmap max-projections (xy, xz); returns name -> ``(N, H, W, 3)`` uint8."""
-    joint_set = skeleton.get_joint_set(config.joint_set)
-    n = min(max_images, images.shape[0])
+    """:func:`summaries.training_images` of a batch and ``model(images)``'s outputs: the
+    decoded and ground-truth joints in crop pixels and, for heatmap models, every stack."""
     to_px = config.input_size / config.xy_res
-    pred = predict_voxels(config, outputs).numpy()[:n, :, :2] * to_px
-    gt = targets["joints_voxel"].numpy()[:n, :, :2] * to_px
-    crops = []
-    for i in range(n):
-        image = visualize.draw_skeleton_2d(images[i].numpy(), gt[i], joint_set, thickness=1,
-                                           dashed=True)
-        crops.append(visualize.draw_skeleton_2d(image, pred[i], joint_set))
-    result = {"input_skeletons": np.stack(crops)}
-    if config.model != "regression":
-        for s, heatmaps in enumerate(stack_outputs(outputs)):
-            xy, xz = zip(*(visualize.heatmap_projections(heatmaps[i].numpy(), config.num_joints)
-                           for i in range(n)))
-            result[f"heatmaps_xy/stack{s}"] = np.stack(xy)
-            result[f"heatmaps_xz/stack{s}"] = np.stack(xz)
-    return result
+    stacks = [] if config.model == "regression" else stack_outputs(outputs)
+    return summaries.training_images(
+        images, predict_voxels(config, outputs)[..., :2] * to_px,
+        targets["joints_voxel"][..., :2] * to_px, stacks,
+        skeleton.get_joint_set(config.joint_set), max_images)
 
 
 # ---------------------------------------------------------------- the loop
@@ -579,7 +567,13 @@ def _train(config, dry_run, report):
     writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if chief \
         else tf.summary.create_noop_writer()
     if chief and start_step == 0:
-        _write_hparams(writer, config)
+        with writer.as_default():
+            summaries.write_hparams(config)
+
+    def write_image_summaries():
+        inputs, targets = val_batches[0]
+        summaries.write_images(image_summaries(config, inputs["image"], predict(inputs["image"]),
+                                               targets))
 
     def validate(at_step):
         if not val_batches:
@@ -603,14 +597,9 @@ def _train(config, dry_run, report):
                  "mpjpe_mm": float(np.concatenate(mm_err).mean()) if mm_err else None,
                  "examples": int(sum(len(v) for v in voxel_err))}
         with writer.as_default(step=at_step):
-            tf.summary.scalar("val/mpjpe_voxels", entry["mpjpe_voxels"])
-            if entry["mpjpe_mm"] is not None:
-                tf.summary.scalar("val/mpjpe_mm_gt_root", entry["mpjpe_mm"])
+            summaries.write_validation(entry)
             if config.image_summary_every:
-                inputs, targets = val_batches[0]
-                for name, images in image_summaries(config, inputs["image"],
-                                                    predict(inputs["image"]), targets).items():
-                    tf.summary.image(name, images, max_outputs=images.shape[0])
+                write_image_summaries()
         result["validation"].append(entry)
         report({"event": "validation", **entry})
         return entry
@@ -643,20 +632,13 @@ def _train(config, dry_run, report):
                     "learning_rate": float(_current_lr(optimizer))})
             if current % config.summary_every == 0:
                 with writer.as_default(step=current):
-                    tf.summary.scalar("loss/total", loss_value)
-                    for i, value in enumerate(stack_losses):
-                        tf.summary.scalar(f"loss/stack{i}", float(value))
-                    tf.summary.scalar("learning_rate", float(_current_lr(optimizer)))
-                    tf.summary.scalar("perf/steps_per_sec", rate)
-                    tf.summary.scalar("perf/images_per_sec", rate * config.batch_size)
+                    summaries.write_step_scalars(loss_value, stack_losses, _current_lr(optimizer),
+                                                 rate, config.batch_size)
                 window_start, window_step = now, current
             if config.image_summary_every and current % config.image_summary_every == 0 and chief \
                     and val_batches and not (config.val_every and current % config.val_every == 0):
-                inputs, targets = val_batches[0]
                 with writer.as_default(step=current):
-                    for name, images in image_summaries(config, inputs["image"],
-                                                        predict(inputs["image"]), targets).items():
-                        tf.summary.image(name, images, max_outputs=images.shape[0])
+                    write_image_summaries()
             if current % config.checkpoint_every == 0:
                 result["checkpoint"] = manager.save(checkpoint_number=current)
                 report({"event": "checkpoint", "path": result["checkpoint"], "step": current})
@@ -702,18 +684,6 @@ def weights_digest(model, trainable_only=True):
 def _current_lr(optimizer):
     lr = optimizer.learning_rate
     return lr.numpy() if hasattr(lr, "numpy") else lr
-
-
-def _write_hparams(writer, config):
-    from tensorboard.plugins.hparams import api as hp
-    values = {}
-    for key, value in dataclasses.asdict(config).items():
-        if isinstance(value, (bool, int, float, str)):
-            values[key] = value
-        elif isinstance(value, (tuple, list)):
-            values[key] = ",".join(str(v) for v in value)
-    with writer.as_default():
-        hp.hparams(values)
 
 
 def pipeline_options(config):

@@ -11,6 +11,10 @@ from tf_volpose import camera, skeleton
 LEFT_RGB = (230, 40, 40)
 RIGHT_RGB = (40, 200, 40)
 CENTER_RGB = (60, 120, 255)
+# OpenCV takes integer pixel coordinates (a Python int beyond 32 bits fails to parse), and
+# a decoded joint can land arbitrarily far outside an image: geometry is clipped to this
+# square first, which is far larger than any image, so what is drawn does not change.
+DRAW_LIMIT_PX = 2.0 ** 20
 
 
 def limb_color(joint_set, a, b):
@@ -20,6 +24,48 @@ def limb_color(joint_set, a, b):
     if "right" in sides:
         return RIGHT_RGB
     return CENTER_RGB
+
+
+def _clip_segment(p, q, limit=DRAW_LIMIT_PX):
+    """The part of the segment ``p -> q`` (px) inside ``[-limit, limit]^2``, or None
+    (Liang-Barsky: the segment's direction is kept, only its ends move)."""
+    d = q - p
+    t0, t1 = 0.0, 1.0
+    for axis in (0, 1):
+        for sign in (-1.0, 1.0):
+            room, rate = limit - sign * p[axis], sign * d[axis]  # inside: t * rate <= room
+            if rate > 0:
+                t1 = min(t1, room / rate)
+            elif rate < 0:
+                t0 = max(t0, room / rate)
+            elif room < 0:
+                return None
+    if t0 > t1:
+        return None
+    return p + t0 * d, p + t1 * d
+
+
+def _pixel(p):
+    return tuple(int(round(v)) for v in p)
+
+
+def _drawable(p):
+    return bool(np.isfinite(p).all() and (np.abs(p) <= DRAW_LIMIT_PX).all())
+
+
+def _draw_bones_and_joints(canvas, pts, joint_set, bones, thickness, radius, filled):
+    """Bones (in the given order) then joints; non-finite points are skipped."""
+    for child, parent in bones:
+        if np.isfinite(pts[[child, parent]]).all():
+            segment = _clip_segment(pts[child], pts[parent])
+            if segment is not None:
+                cv2.line(canvas, _pixel(segment[0]), _pixel(segment[1]),
+                         limb_color(joint_set, child, parent), thickness, cv2.LINE_AA)
+    for j, p in enumerate(pts):
+        if _drawable(p):
+            cv2.circle(canvas, _pixel(p), radius, limb_color(joint_set, j, j),
+                       -1 if filled else 1, cv2.LINE_AA)
+    return canvas
 
 
 def to_uint8(image):
@@ -36,22 +82,13 @@ def draw_skeleton_2d(image, joints_2d, joint_set=skeleton.H36M17, thickness=2, r
 
     Args:
       image: ``(H, W, 3)`` RGB, float [0, 1] or uint8.
-      joints_2d: ``(J, 2)`` px; non-finite joints are skipped.
+      joints_2d: ``(J, 2)`` px, any distance outside the image; non-finite joints
+        (and their bones) are skipped.
       dashed: draw joints as hollow circles (e.g. ground truth next to predictions).
     """
-    out = to_uint8(image)
-    pts = np.asarray(joints_2d, dtype=np.float64)
-    for child, parent in joint_set.bones:
-        if np.isfinite(pts[[child, parent]]).all():
-            p = tuple(int(round(v)) for v in pts[child])
-            q = tuple(int(round(v)) for v in pts[parent])
-            cv2.line(out, p, q, limb_color(joint_set, child, parent), thickness, cv2.LINE_AA)
-    for j, p in enumerate(pts):
-        if np.isfinite(p).all():
-            color = limb_color(joint_set, j, j)
-            center = tuple(int(round(v)) for v in p)
-            cv2.circle(out, center, radius, color, 1 if dashed else -1, cv2.LINE_AA)
-    return out
+    return _draw_bones_and_joints(to_uint8(image), np.asarray(joints_2d, dtype=np.float64),
+                                  joint_set, joint_set.bones, thickness, radius,
+                                  filled=not dashed)
 
 
 def colorize(values, size=None):
@@ -87,26 +124,28 @@ def render_skeleton_3d(joints_3d, joint_set=skeleton.H36M17, size=256, azimuth_d
     ``joints_3d`` is ``(J, 3)`` camera-frame mm (x right, y down, z forward);
     the view rotates about the root by ``azimuth_deg`` (about the vertical
     y axis) and ``elevation_deg``. The skeleton is centred and scaled to fit.
+    Non-finite joints and their bones are left out (with a non-finite root,
+    the view centres on the mean of the others; with none finite, the canvas
+    stays empty).
     """
     joints = np.asarray(joints_3d, dtype=np.float64)
-    joints = joints - joints[joint_set.root]
-    view = (camera.rotation_matrix([1, 0, 0], np.deg2rad(elevation_deg))
-            @ camera.rotation_matrix([0, 1, 0], np.deg2rad(azimuth_deg)))
-    rotated = joints @ view.T
-    extent = max(np.abs(rotated[:, :2]).max(), 1.0)
-    uv = rotated[:, :2] / extent * (0.42 * size) + size / 2.0
     canvas = np.empty((size, size, 3), np.uint8)
     canvas[:] = background
+    finite = np.isfinite(joints).all(axis=1)
+    if not finite.any():
+        return canvas
+    root = joints[joint_set.root] if finite[joint_set.root] else joints[finite].mean(axis=0)
+    view = (camera.rotation_matrix([1, 0, 0], np.deg2rad(elevation_deg))
+            @ camera.rotation_matrix([0, 1, 0], np.deg2rad(azimuth_deg)))
+    # non-finite joints are never drawn: zeros keep NaN out of the product
+    rotated = np.where(finite[:, None], joints - root, 0.0) @ view.T
+    extent = max(np.abs(rotated[finite, :2]).max(), 1.0)
+    uv = rotated[:, :2] / extent * (0.42 * size) + size / 2.0
+    uv[~finite] = np.nan  # so that the drawing skips them and their bones
     # far bones first, so nearer ones are drawn over them
     order = sorted(joint_set.bones, key=lambda b: -(rotated[b[0], 2] + rotated[b[1], 2]))
-    for child, parent in order:
-        p = tuple(int(round(v)) for v in uv[child])
-        q = tuple(int(round(v)) for v in uv[parent])
-        cv2.line(canvas, p, q, limb_color(joint_set, child, parent), 3, cv2.LINE_AA)
-    for j, p in enumerate(uv):
-        cv2.circle(canvas, tuple(int(round(v)) for v in p), 4, limb_color(joint_set, j, j), -1,
-                   cv2.LINE_AA)
-    return canvas
+    return _draw_bones_and_joints(canvas, uv, joint_set, order, thickness=3, radius=4,
+                                  filled=True)
 
 
 def pose_figure(image, joints_2d, joints_3d, joint_set=skeleton.H36M17, height=400,
