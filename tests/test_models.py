@@ -119,6 +119,33 @@ def test_conv_falls_back_to_keras_for_strides_and_bf16_keeps_its_dtype(rng):
     assert all(g.dtype == tf.float32 for g in grads)  # float32 variables get float32 gradients
 
 
+@pytest.mark.parametrize("size", [2, (2, 3)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_upsampling_equals_repeating_rows_and_columns(rng, size, dtype):
+    x = tf.cast(rng.normal(0, 1, (2, 3, 5, 4)).astype(np.float32), dtype)
+    factor = (size, size) if isinstance(size, int) else size
+    layer = hourglass.UpSampling2D(size, dtype=dtype)
+    column_weights = np.arange(5 * factor[1], dtype=np.float32)[:, None]  # (W_out, 1)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * column_weights)
+    assert y.dtype == dtype and y.shape == (2, 3 * factor[0], 5 * factor[1], 4)
+    # by NumPy: each pixel repeated factor times down and across
+    expected = np.repeat(np.repeat(tf.cast(x, tf.float32).numpy(), factor[0], 1), factor[1], 2)
+    np.testing.assert_array_equal(tf.cast(y, tf.float32), expected)
+    # the gradient sums the weights of each input pixel's copies: factor[0] rows of the
+    # columns c*f1 ... c*f1 + f1 - 1
+    columns = np.arange(5)[:, None] * factor[1] + np.arange(factor[1])
+    per_column = factor[0] * columns.sum(axis=1)
+    np.testing.assert_allclose(tape.gradient(loss, x), np.broadcast_to(
+        per_column[None, None, :, None], x.shape), rtol=1e-2 if dtype == "bfloat16" else 1e-6)
+    clone = model_helper.check_layer_config_round_trip(layer)
+    assert isinstance(clone, hourglass.UpSampling2D) and clone.size == factor
+    symbolic = hourglass.UpSampling2D(2)(keras.Input((8, 6, 4)))
+    assert tuple(symbolic.shape) == (None, 16, 12, 4)
+
+
 @pytest.mark.parametrize("conv_bias", [False, True])
 def test_residual_folded_inference_equals_the_unfolded_block(rng, conv_bias):
     layer = hourglass.Residual(32, conv_bias)

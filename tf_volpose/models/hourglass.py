@@ -19,7 +19,8 @@ TensorFlow's fused batch-norm kernel instead of Keras 3's composite ops (which
 also round-trip bfloat16 activations through float32), :class:`Residual`
 folds its second and third batch norms into the preceding convolutions at
 inference, so a block runs three conv+bias(+ReLU) kernels that oneDNN fuses,
-and :class:`Conv2D` computes its training gradients with faster kernels.
+:class:`Conv2D` computes its training gradients with faster kernels, and
+:class:`UpSampling2D` upsamples with one resize kernel instead of two repeats.
 
 Convolution biases: every convolution except the heads feeds, directly or
 through adds, pooling, upsampling and 1x1 convolutions, only batch norms,
@@ -272,8 +273,27 @@ def _pool(x, name):
     return layers.MaxPooling2D(2, name=name)(x)
 
 
+@keras.saving.register_keras_serializable(package="tf_volpose")
+class UpSampling2D(layers.UpSampling2D):
+    """``keras.layers.UpSampling2D`` whose nearest-neighbour case is one resize kernel.
+
+    Keras repeats the rows, then the columns (two ``Tile`` ops, the larger
+    tensor written twice, and two gradients); TensorFlow's nearest-neighbour
+    resize writes the same values once (integer factors: output pixel ``i``
+    reads input pixel ``i // factor``). Same config; other interpolations and
+    ``channels_first`` are Keras's own. README: fp32 training ~+2.7%.
+    """
+
+    def call(self, inputs):
+        if self.interpolation != "nearest" or self.data_format != "channels_last":
+            return super().call(inputs)
+        shape = tf.shape(inputs)
+        return tf.image.resize(inputs, [shape[1] * self.size[0], shape[2] * self.size[1]],
+                               method="nearest")
+
+
 def _upsample(x, name):
-    return layers.UpSampling2D(2, interpolation="nearest", name=name)(x)
+    return UpSampling2D(2, interpolation="nearest", name=name)(x)
 
 
 def uniform_hourglass(x, depth, features, name, conv_bias=False):
