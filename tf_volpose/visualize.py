@@ -54,7 +54,8 @@ def _drawable(p):
 
 
 def _draw_bones_and_joints(canvas, pts, joint_set, bones, thickness, radius, filled):
-    """Bones (in the given order) then joints; non-finite points are skipped."""
+    """Bones (in the given order) then joints; non-finite points are skipped, bones are
+    clipped to :data:`DRAW_LIMIT_PX` and joints beyond it (off any image) not drawn."""
     for child, parent in bones:
         if np.isfinite(pts[[child, parent]]).all():
             segment = _clip_segment(pts[child], pts[parent])
