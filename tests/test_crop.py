@@ -148,3 +148,32 @@ def test_xywh_or_whole_image():
                          ([0, -10, 10, 10], r"\[0.0, -10.0, 10.0, 10.0\] lies outside")):
         with pytest.raises(ValueError, match=message):
             crop.xywh_or_whole_image(bad, (640, 480))
+
+
+def test_warping_the_source_window_equals_warping_the_whole_image(rng):
+    # The input pipeline decodes only source_window_tf's region and warps it with
+    # shift_origin_tf's transform: for any crop (rotated, flipped, partly or wholly outside
+    # the image) that must be the crop of the whole image, bilinear neighbours included.
+    image = _smooth_image()
+    height, width = image.shape[:2]
+    for _ in range(60):
+        A = tf.constant(crop.crop_transform(
+            rng.uniform([-60, -60], [width + 60, height + 60]), rng.uniform(0.05, 1.5), 32,
+            rotation_deg=rng.uniform(-60, 60), flip=bool(rng.integers(2))), tf.float32)
+        x0, y0, x1, y1 = (int(v) for v in crop.source_window_tf(A, 32, height, width))
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height  # inside, never empty
+        window = crop.warp_image_tf(image[y0:y1, x0:x1], crop.shift_origin_tf(A, x0, y0), 32)
+        np.testing.assert_allclose(window, crop.warp_image_tf(image, A, 32), atol=1e-4)
+    # a small crop deep inside needs only its own neighbourhood
+    A = tf.constant(crop.crop_transform([80.0, 60.0], 0.1, 32), tf.float32)  # 20 px square
+    assert [int(v) for v in crop.source_window_tf(A, 32, height, width)] == [69, 49, 92, 72]
+
+
+def test_box_from_xywh_numpy_and_tf_agree():
+    boxes = np.array([[10.0, 20.0, 30.0, 60.0], [-5.0, 0.0, 200.0, 50.0]])
+    center, scale = crop.box_from_xywh_tf(tf.constant(boxes), padding=1.25)
+    for i, box in enumerate(boxes):
+        c, s = crop.box_from_xywh(*box, padding=1.25)
+        np.testing.assert_allclose(center[i], c, rtol=1e-6)
+        np.testing.assert_allclose(scale[i], s, rtol=1e-6)
+    np.testing.assert_allclose(center[0], [25.0, 50.0])  # by hand: x + w/2, y + h/2
