@@ -12,7 +12,7 @@ TINY = three_joint_set()
 
 
 def _events(logdir):
-    """tag -> [(step, value as NumPy)] of every event file under ``logdir``."""
+    """tag -> [(step, value as NumPy, plugin data)] of the event files in ``logdir``."""
     found = {}
     for path in glob.glob(os.path.join(logdir, "events.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
