@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tf_volpose import camera
 from tests.conftest import random_pose
@@ -64,6 +65,48 @@ def test_focal_lengths_from_a_command_line():
                          (["nan", "1"], "NaN or Inf"), (["abc", "1"], "must be numeric")):
         with pytest.raises(ValueError, match=message):
             camera.focal_lengths(bad)
+
+
+def test_focal_from_fov_by_hand_and_back(rng):
+    # 90 degrees across 512 px: the image edge is 256 px from the centre at tan(45) = 1
+    assert camera.focal_from_fov(512, 90.0) == pytest.approx(256.0)
+    # 60 degrees: tan(30) = 1/sqrt(3)
+    assert camera.focal_from_fov(300, 60.0) == pytest.approx(150.0 * np.sqrt(3.0))
+    # the default 50 degrees, read back as the angle the image side subtends
+    side = rng.uniform(64, 4000)
+    focal = camera.focal_from_fov(side)
+    assert np.degrees(2.0 * np.arctan(side / 2.0 / focal)) == pytest.approx(camera.DEFAULT_FOV_DEG)
+    # a tensor in (what the export's default intrinsics pass), a tensor out
+    np.testing.assert_allclose(camera.focal_from_fov(tf.constant([512.0, 300.0]), 90.0).numpy(),
+                               [256.0, 150.0], rtol=1e-6)
+
+
+def test_window_intrinsics_project_into_the_window(rng):
+    f, c = np.array([1145.0, 1143.8]), np.array([512.5, 515.4])
+    origin, zoom = np.array([300.0, 120.0]), 0.25
+    f_win, c_win = camera.window_intrinsics(f, c, origin, zoom)
+    np.testing.assert_allclose(f_win, [286.25, 285.95])
+    np.testing.assert_allclose(c_win, [(512.5 - 300.0) / 4, (515.4 - 120.0) / 4])
+    # a point seen through the window's camera lands where the full image's pixel,
+    # moved to the window's origin and resized, does
+    points = random_pose(rng)
+    uv = camera.project_pinhole(points, camera.intrinsics_matrix(f, c))
+    np.testing.assert_allclose(
+        camera.project_pinhole(points, camera.intrinsics_matrix(f_win, c_win)),
+        (uv - origin) * zoom, atol=1e-9)
+
+
+def test_intrinsics_matrix_tf_equals_numpy(rng):
+    focal, principal = rng.uniform(100, 2000, (3, 2)), rng.uniform(-50, 1000, (3, 2))
+    expected = np.stack([camera.intrinsics_matrix(f, c) for f, c in zip(focal, principal)])
+    np.testing.assert_allclose(camera.intrinsics_matrix_tf(focal, principal).numpy(), expected,
+                               rtol=1e-6)
+    # K maps camera-frame rays to pixels as project_pinhole does
+    points = random_pose(rng)
+    K = camera.intrinsics_matrix_tf(focal[:1], principal[:1]).numpy()[0].astype(np.float64)
+    homogeneous = points @ K.T
+    np.testing.assert_allclose(homogeneous[:, :2] / homogeneous[:, 2:],
+                               camera.project_pinhole(points, K), rtol=1e-9)
 
 
 def test_bundled_table_matches_shared_file(shared_data):

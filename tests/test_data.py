@@ -113,6 +113,70 @@ def test_sharded_writer_never_leaves_a_truncated_shard(tmp_path):
     assert sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / "train-00001.tfrecord"))) == 2
 
 
+def _write_records(path, payloads):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for data in payloads:
+            writer.write(data)
+
+
+def test_count_records_reads_the_framing_and_names_a_truncated_file(tmp_path):
+    payloads = [b"", b"x" * 7, os.urandom(300)]
+    path = tmp_path / "three.tfrecord"
+    _write_records(path, payloads)
+    # the counts TensorFlow's reader agrees with; an empty file holds no records
+    assert records.count_records(str(path)) == 3 == sum(1 for _ in tf.data.TFRecordDataset(str(path)))
+    _write_records(tmp_path / "none.tfrecord", [])
+    assert records.check_complete([str(path), str(tmp_path / "none.tfrecord")]) == {
+        str(path): 3, str(tmp_path / "none.tfrecord"): 0}
+    # framing: 12-byte header + data + 4-byte CRC per record
+    data = path.read_bytes()
+    assert len(data) == sum(16 + len(p) for p in payloads)
+    last = 16 + 23  # where the third record starts
+    # cut anywhere in the last record: its header, its data or its CRC
+    for cut in (last + 5, last + 12, last + 200, len(data) - 1):
+        (tmp_path / "cut.tfrecord").write_bytes(data[:cut])
+        needs = "a 12-byte header" if cut - last < 12 else "316 bytes"
+        with pytest.raises(ValueError, match=rf"cut.tfrecord: record 2 at byte {last} needs "
+                                             rf"{needs}, but the file ends {cut - last} bytes "
+                                             rf"after it: the file is truncated .*; 2 complete"):
+            records.count_records(str(tmp_path / "cut.tfrecord"))
+    (tmp_path / "notes.txt").write_text("not a record file at all\n")
+    with pytest.raises(ValueError, match=r"notes.txt: record 0 at byte 0 .* not a TFRecord file"):
+        records.count_records(str(tmp_path / "notes.txt"))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_pipeline_names_a_truncated_shard_before_reading(synthetic_dir, tmp_path, strict):
+    # TensorFlow's reader would end the file early (a warning naming no file) or,
+    # strict, raise DataLossError naming no file
+    for name in ("train-00000.tfrecord", "train-00001.tfrecord"):
+        data = (synthetic_dir / name).read_bytes()
+        (tmp_path / name).write_bytes(data if name.endswith("0.tfrecord") else data[:-100])
+    with pytest.raises(ValueError, match=r"train-00001.tfrecord: record 9 at byte \d+ .*"
+                                         r"truncated.*9 complete records"):
+        pipeline.make_dataset(str(tmp_path / "train-*"), training=True, batch_size=2,
+                              input_size=64, strict=strict)
+
+
+def test_resume_writes_a_truncated_or_short_shard_again(tmp_path):
+    def payload(i):
+        return f"record {i}".encode()
+
+    with records.ShardedWriter(str(tmp_path), "train", examples_per_shard=3) as writer:
+        for i in range(8):  # shards of 3, 3 and 2 records
+            writer.write(payload(i))
+    shard = [tmp_path / f"train-{i:05d}.tfrecord" for i in range(4)]
+    shard[1].write_bytes(shard[1].read_bytes()[:-3])  # an interrupted copy
+    # more input than before: the short last shard must take the new records too
+    with records.ShardedWriter(str(tmp_path), "train", examples_per_shard=3,
+                               resume=True) as writer:
+        for i in range(10):
+            writer.write(payload(i))
+    assert writer.skipped_existing == 3  # shard 0 only
+    read = [r.numpy() for s in shard for r in tf.data.TFRecordDataset(str(s))]
+    assert read == [payload(i) for i in range(10)]
+
+
 def test_pipeline_crops_contain_the_person(synthetic_dir):
     ds = pipeline.make_dataset(str(synthetic_dir / "val-*"), training=False, batch_size=4,
                                input_size=64, xy_res=16)

@@ -120,6 +120,22 @@ def test_multi_stage_weights_and_errors(rng):
         losses.volumetric_loss(outs[0], joints, 4)
 
 
+def test_each_stack_sees_the_fine_z_scaled_to_its_depth():
+    fine = tf.constant([[[5.5, 9.25, 40.0], [11.0, 3.0, 12.8]]])  # z on the 64-deep grid
+    depths = (1, 4, 64)
+    scaled = losses.stack_targets(fine, depths)
+    # by hand: z * d / 64, x and y unchanged
+    np.testing.assert_allclose(scaled[1].numpy(), [[[5.5, 9.25, 2.5], [11.0, 3.0, 0.8]]])
+    np.testing.assert_allclose(scaled[0].numpy()[..., 2], [[0.625, 0.2]])
+    # the stacks' own targets are then a perfect prediction for every stack; the fine
+    # target handed to a coarse stack (no scaling) is not
+    outputs = [losses.render_targets(joints, 16, 16, d) for joints, d in zip(scaled, depths)]
+    _, per_stack = losses.multi_stage_loss(outputs, fine, depths)
+    assert max(loss.numpy() for loss in per_stack) < 1e-7
+    unscaled = losses.render_targets(fine, 16, 16, 4)
+    assert losses.multi_stage_loss([unscaled], fine, (4,))[0].numpy() > 1e-3
+
+
 def test_coordinate_loss_by_hand():
     joints = tf.constant([[[8.0, 8.0, 32.0], [16.0, 0.0, 64.0]]])
     pred = tf.constant([[[0.0, 0.0, 0.0], [0.5, -0.5, 0.5]]])  # exact

@@ -313,7 +313,7 @@ def _record_requests(file_pattern, max_images):
     ``(N, J, 3)`` camera-frame mm, or ``None`` unless every record has them.
     """
     images, boxes, joints = [], [], []
-    for raw in tf.data.TFRecordDataset(pipeline.list_files(file_pattern)).take(max_images):
+    for raw in tf.data.TFRecordDataset(pipeline.record_files(file_pattern)).take(max_images):
         ex = records.parse_example(raw)
         images.append(ex["image/encoded"].numpy())
         boxes.append(crop.xywh_from_box(ex["box/center"].numpy(), float(ex["box/scale"].numpy())))

@@ -55,7 +55,7 @@ class EvalOptions:
 def compute_bone_lengths(file_pattern, joint_set=skeleton.H36M17):
     """Mean bone lengths (mm, ``joint_set.bones`` order) over the records' 3D joints."""
     poses = []
-    for path in pipeline.list_files(file_pattern):
+    for path in pipeline.record_files(file_pattern):
         for raw in tf.data.TFRecordDataset(path):
             joints = records.parse_example(raw)["joints/3d"].numpy()
             if joints.shape[0] == joint_set.num_joints and np.isfinite(joints).all():

@@ -16,8 +16,11 @@
 Records with NaN/Inf joints, a non-positive scale or an image that is not a
 JPEG/PNG are skipped with a warning on stderr naming the file and record index
 (``strict=True`` raises instead); images that still fail to decode are dropped
-by ``ignore_errors`` with TF's warning. Only the part of a JPEG that the crop
-needs is decoded (``decode_and_crop_jpeg``).
+by ``ignore_errors`` with TF's warning. A truncated record file (an interrupted
+copy) is a ``ValueError`` naming it before anything is read
+(:func:`records.check_complete`): TensorFlow's reader would otherwise end that
+file early, with a warning that names no file, or in strict mode raise one.
+Only the part of a JPEG that the crop needs is decoded (``decode_and_crop_jpeg``).
 """
 
 import dataclasses
@@ -53,6 +56,17 @@ def list_files(file_pattern):
     files = sorted(f for p in patterns for f in glob.glob(p.strip()))
     if not files:
         raise ValueError(f"no files match file_pattern={file_pattern!r}")
+    return files
+
+
+def record_files(file_pattern):
+    """:func:`list_files`, having checked that none is truncated.
+
+    Raises:
+      ValueError: no file matches, or one is truncated (:func:`records.check_complete`).
+    """
+    files = list_files(file_pattern)
+    records.check_complete(files)
     return files
 
 
@@ -159,7 +173,7 @@ def make_dataset(file_pattern, *, training, batch_size, **options):
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     opts = PipelineOptions(**options)
     num_joints = skeleton.get_joint_set(opts.joint_set).num_joints
-    files = list_files(file_pattern)
+    files = record_files(file_pattern)
 
     def read(path):
         records_of_file = tf.data.TFRecordDataset(path)

@@ -23,11 +23,13 @@ key                           type     meaning
 
 :class:`ShardedWriter` writes ``<prefix>-<index:05d>.tfrecord`` shards, each
 first under a temporary name and renamed when complete, so a crash never
-leaves a truncated shard under a final name.
+leaves a truncated shard under a final name; :func:`check_complete` finds the
+truncated files other tools leave (an interrupted copy or download).
 """
 
 import glob
 import os
+import struct
 
 import numpy as np
 import tensorflow as tf
@@ -128,6 +130,53 @@ def parse_example(serialized):
     return parsed
 
 
+# A TFRecord is framed as: uint64 little-endian data length, uint32 masked CRC of
+# the length, the data, uint32 masked CRC of the data.
+_HEADER_BYTES, _FOOTER_BYTES = 12, 4
+
+
+def count_records(path):
+    """Records in the TFRecord file ``path``, counted from its framing alone.
+
+    Walks the 12-byte record headers, seeking past each record's data without
+    reading it (~12 bytes read per record), so it is cheap enough to run on
+    every file before training. It finds what an interrupted copy, download or
+    write leaves: a last record that runs past the end of the file. Damage inside a
+    record (a flipped bit) is left to TensorFlow's reader, which checks the CRCs.
+
+    Raises:
+      ValueError: naming the file, the record, its byte offset and how many
+        complete records precede it, when a record runs past the end of the file
+        (a truncated file, or one that is not a TFRecord file).
+      OSError: the file cannot be read.
+    """
+    size = os.path.getsize(path)
+    count, offset = 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(_HEADER_BYTES)
+            length = (struct.unpack("<Q", header[:8])[0] if len(header) == _HEADER_BYTES
+                      else None)
+            end = None if length is None else offset + _HEADER_BYTES + length + _FOOTER_BYTES
+            if end is None or end > size:
+                needs = "a 12-byte header" if end is None else f"{end - offset} bytes"
+                raise ValueError(
+                    f"{path}: record {count} at byte {offset} needs {needs}, but the file "
+                    f"ends {size - offset} bytes after it: the file is truncated (an "
+                    f"interrupted copy or download? copy it again) or not a TFRecord file; "
+                    f"{count} complete records precede it")
+            offset = end
+            f.seek(offset)
+            count += 1
+    return count
+
+
+def check_complete(paths):
+    """:func:`count_records` of each file: ``{path: records}``; raises for the first
+    truncated one."""
+    return {path: count_records(path) for path in paths}
+
+
 def shard_name(output_dir, prefix, index):
     return os.path.join(output_dir, f"{prefix}-{index:05d}.tfrecord")
 
@@ -141,7 +190,10 @@ class ShardedWriter:
       examples_per_shard: records per shard.
       resume: keep complete shards from an earlier run and skip the records
         that belong to them (conversion is deterministic, so they are the
-        same); otherwise existing shards of this prefix are replaced.
+        same); otherwise existing shards of this prefix are replaced. A shard
+        counts as complete when its framing is intact and it holds
+        ``examples_per_shard`` records: a truncated copy, or the short last
+        shard of a run over less input, is written again.
 
     Use as a context manager; leaving with an exception discards the
     unfinished shard, never renaming it.
@@ -159,6 +211,7 @@ class ShardedWriter:
         self.shards = []
         self._writer = None
         self._tmp = None
+        self._kept = {}  # shard index -> whether resume keeps the existing shard
         os.makedirs(output_dir, exist_ok=True)
         for stale in glob.glob(os.path.join(output_dir, f".{prefix}-*.tmp")):
             os.remove(stale)  # partial shards of a crashed run
@@ -169,12 +222,21 @@ class ShardedWriter:
     def _shard_index(self):
         return self.count // self.examples_per_shard
 
+    def _keeps(self, index, final):
+        if index not in self._kept:
+            try:
+                self._kept[index] = (os.path.exists(final)
+                                     and count_records(final) == self.examples_per_shard)
+            except ValueError:  # truncated
+                self._kept[index] = False
+        return self._kept[index]
+
     def write(self, example):
         """Adds one ``tf.train.Example`` (or serialized bytes)."""
         index = self._shard_index()
         final = shard_name(self.output_dir, self.prefix, index)
         if self._writer is None:
-            if self.resume and os.path.exists(final):
+            if self.resume and self._keeps(index, final):
                 self.count += 1
                 self.skipped_existing += 1
                 if final not in self.shards:
