@@ -158,6 +158,25 @@ def test_pipeline_names_a_truncated_shard_before_reading(synthetic_dir, tmp_path
                               input_size=64, strict=strict)
 
 
+def test_yields_an_example_tells_records_that_never_decode(synthetic_dir, tmp_path):
+    options = dict(input_size=64, xy_res=16)
+    assert pipeline.yields_an_example(str(synthetic_dir / "train-*"), skip=5, **options)
+    # a JPEG's magic bytes and nothing else: valid to the record checks, dropped when
+    # decoding fails, so the repeated training stream of these would never end
+    example = records.make_example(image_encoded=b"\xff\xd8 not a JPEG", height=64, width=64,
+                                   joints_2d=np.full((17, 2), 32.0), center=[32, 32],
+                                   scale=0.3, f=[100, 100], c=[32, 32])
+    with records.ShardedWriter(str(tmp_path), "bad") as writer:
+        for _ in range(3):
+            writer.write(example)
+    _write_records(tmp_path / "empty-00000.tfrecord", [])
+    for prefix in ("bad", "empty"):
+        assert not pipeline.yields_an_example(str(tmp_path / f"{prefix}-*"), **options)
+    # one good file among them is enough
+    good = sorted(synthetic_dir.glob("train-*"))[0]
+    assert pipeline.yields_an_example(f"{tmp_path / 'bad-*'},{good}", **options)
+
+
 def test_resume_writes_a_truncated_or_short_shard_again(tmp_path):
     def payload(i):
         return f"record {i}".encode()

@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import flags
 
 from tf_volpose import skeleton, training
-from tf_volpose.data import pipeline, synthetic
+from tf_volpose.data import pipeline, records, synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=8, input_size=64, depths=(1, 4), batch_size=2, checkpoint_every=2,
@@ -351,15 +351,25 @@ def test_tool_reports_missing_data_without_a_traceback(tmp_path):
 
 
 def test_records_that_yield_nothing_are_named_before_a_checkpoint(data_dir, tmp_path):
-    """Files that match but hold no usable record (here text named like a shard) end
-    the repeated training stream at once, or leave validation empty: each is a ValueError
-    naming the pattern, not TensorFlow's "End of sequence", and no checkpoint is written."""
-    junk = tmp_path / "junk-00000.tfrecord"
-    junk.write_bytes(b"not a TFRecord file\n" * 100)
+    """Files that match but hold no usable record (here records whose image does not
+    decode) end the repeated training stream at once, or leave validation empty: each is
+    a ValueError naming the pattern, not TensorFlow's "End of sequence", and no
+    checkpoint is written. Text named like a shard is refused before, by its framing."""
+    example = records.make_example(image_encoded=b"\xff\xd8 not a JPEG", height=64, width=64,
+                                   joints_2d=np.full((17, 2), 32.0), center=[32, 32],
+                                   scale=0.3, f=[100, 100], c=[32, 32])
+    with records.ShardedWriter(str(tmp_path), "junk") as writer:
+        for _ in range(3):
+            writer.write(example)
+    (tmp_path / "text-00000.tfrecord").write_bytes(b"not a TFRecord file\n" * 100)
     for field in ("train_pattern", "val_pattern"):
         model_dir = tmp_path / field
         config = _config(data_dir, model_dir, **{field: str(tmp_path / "junk-*")})
         with pytest.raises(ValueError, match=f"{field} '.*junk-\\*' yields no usable records"):
+            training.train(config)
+        config = _config(data_dir, model_dir, **{field: str(tmp_path / "text-*")})
+        with pytest.raises(ValueError, match=r"text-00000.tfrecord: record 0 at byte 0 .*"
+                                             r"not a TFRecord file"):
             training.train(config)
         assert not glob.glob(str(model_dir / "ckpt-*"))
 

@@ -520,6 +520,9 @@ def _train(config, dry_run, report):
         # Only what the step needs crosses to the replicas (no strings or metadata).
         return ds.map(lambda inputs, targets: (inputs, {k: targets[k] for k in TRAIN_TARGETS}))
 
+    # the repeated stream would never end if no record decodes: one pass tells first
+    if not dry_run and not pipeline.yields_an_example(config.train_pattern, **data_options):
+        raise ValueError(_no_usable_records("train_pattern", config.train_pattern))
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     val_batches = []
     if config.val_pattern and chief:

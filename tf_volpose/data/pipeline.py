@@ -70,6 +70,23 @@ def record_files(file_pattern):
     return files
 
 
+def yields_an_example(file_pattern, **options):
+    """Whether one pass over the records yields at least one usable example.
+
+    The training stream repeats the records before it decodes them (each pass
+    draws new augmentation), so when no record decodes it never ends: each
+    element is dropped by ``ignore_errors``, with a warning, forever. This reads
+    one pass in order, without augmentation, and stops at the first example
+    that comes out (cheap when the first record is good).
+
+    Args:
+      file_pattern, **options: as for :func:`make_dataset` (``skip`` is ignored).
+    """
+    options = {k: v for k, v in options.items() if k != "skip"}
+    dataset = make_dataset(file_pattern, training=False, batch_size=1, **options)
+    return any(True for _ in dataset.take(1))
+
+
 def _is_image(data):
     jpeg = tf.strings.substr(data, 0, 2) == b"\xff\xd8"
     png = tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n"
