@@ -62,6 +62,18 @@ def jpeg_with_exif_orientation(image, orientation):
     return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
 
 
+def write_undecodable_records(directory, prefix, count=3):
+    """``count`` records that pass the pipeline's record checks (a JPEG's magic bytes)
+    but whose image does not decode, as shard ``<prefix>-00000.tfrecord``."""
+    from tf_volpose.data import records
+    example = records.make_example(image_encoded=b"\xff\xd8 not a JPEG", height=64, width=64,
+                                   joints_2d=np.full((17, 2), 32.0), center=[32, 32],
+                                   scale=0.3, f=[100, 100], c=[32, 32])
+    with records.ShardedWriter(str(directory), prefix) as writer:
+        for _ in range(count):
+            writer.write(example)
+
+
 def assert_one_line_errors(script, cases):
     """Runs ``script`` once per ``(args, message)``: each must exit 1 with no traceback and
     no usage dump, its last line ``error: ...`` containing ``message``."""

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tf_volpose import camera, crop, skeleton
 from tf_volpose.data import augment, pipeline, records, synthetic
+from tests.conftest import write_undecodable_records
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +164,7 @@ def test_yields_an_example_tells_records_that_never_decode(synthetic_dir, tmp_pa
     assert pipeline.yields_an_example(str(synthetic_dir / "train-*"), skip=5, **options)
     # a JPEG's magic bytes and nothing else: valid to the record checks, dropped when
     # decoding fails, so the repeated training stream of these would never end
-    example = records.make_example(image_encoded=b"\xff\xd8 not a JPEG", height=64, width=64,
-                                   joints_2d=np.full((17, 2), 32.0), center=[32, 32],
-                                   scale=0.3, f=[100, 100], c=[32, 32])
-    with records.ShardedWriter(str(tmp_path), "bad") as writer:
-        for _ in range(3):
-            writer.write(example)
+    write_undecodable_records(tmp_path, "bad")
     _write_records(tmp_path / "empty-00000.tfrecord", [])
     for prefix in ("bad", "empty"):
         assert not pipeline.yields_an_example(str(tmp_path / f"{prefix}-*"), **options)

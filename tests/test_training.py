@@ -17,7 +17,8 @@ import tensorflow as tf
 from absl import flags
 
 from tf_volpose import skeleton, training
-from tf_volpose.data import pipeline, records, synthetic
+from tf_volpose.data import pipeline, synthetic
+from tests.conftest import write_undecodable_records
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=8, input_size=64, depths=(1, 4), batch_size=2, checkpoint_every=2,
@@ -355,12 +356,7 @@ def test_records_that_yield_nothing_are_named_before_a_checkpoint(data_dir, tmp_
     decode) end the repeated training stream at once, or leave validation empty: each is
     a ValueError naming the pattern, not TensorFlow's "End of sequence", and no
     checkpoint is written. Text named like a shard is refused before, by its framing."""
-    example = records.make_example(image_encoded=b"\xff\xd8 not a JPEG", height=64, width=64,
-                                   joints_2d=np.full((17, 2), 32.0), center=[32, 32],
-                                   scale=0.3, f=[100, 100], c=[32, 32])
-    with records.ShardedWriter(str(tmp_path), "junk") as writer:
-        for _ in range(3):
-            writer.write(example)
+    write_undecodable_records(tmp_path, "junk")
     (tmp_path / "text-00000.tfrecord").write_bytes(b"not a TFRecord file\n" * 100)
     for field in ("train_pattern", "val_pattern"):
         model_dir = tmp_path / field
