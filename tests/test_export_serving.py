@@ -245,6 +245,45 @@ def test_killed_export_leaves_no_version_directory(trained, tmp_path):
     assert not glob.glob(str(base / ".tmp-*"))
 
 
+def test_concurrent_exports_keep_each_others_work(trained, tmp_path, monkeypatch):
+    """An export removes the temporary directories only of exports that are gone, and a
+    version another export takes while it is written moves it on (or, chosen, stops it)."""
+    config, model, lengths, _ = trained
+    base = tmp_path / "volpose"
+    base.mkdir()
+    host = socket.gethostname()
+    gone_pid = subprocess.Popen(["true"])
+    gone_pid.wait()
+    temporary = {  # name -> whether it must survive
+        f".tmp-1-{host}-{os.getpid()}-0123abcd": True,  # in progress: this process runs
+        f".tmp-1-other-host-{os.getpid()}-0123abcd": True,  # cannot be checked from here
+        f".tmp-1-{host}-{gone_pid.pid}-0123abcd": False,  # its process is gone
+        ".tmp-2-89abcdef": False,  # the name of older versions, without host and process
+    }
+    for name in temporary:
+        (base / name).mkdir()
+        (base / name / "saved_model.pb").write_bytes(b"partial")
+    write_warmup_requests = export.write_warmup_requests
+
+    def racing(taken):
+        def write(path, *args, **kwargs):  # the last step before the rename
+            write_warmup_requests(path, *args, **kwargs)
+            shutil.copytree(os.path.dirname(os.path.dirname(path)), base / taken)
+        return write
+
+    monkeypatch.setattr(export, "write_warmup_requests", racing("1"))
+    assert export.export_saved_model(model, config, str(base), lengths) == str(base / "2")
+    assert json.load(open(base / "2" / "assets.extra" / export.INFO_FILE))["version"] == 2
+    assert sorted(p.name for p in base.iterdir()) == sorted(
+        ["1", "2"] + [name for name, keep in temporary.items() if keep])
+    monkeypatch.setattr(export, "write_warmup_requests", racing("3"))
+    with pytest.raises(ValueError, match=r"export version .*3 appeared while this export was "
+                                         r"written \(another export into .*\?\); nothing"):
+        export.export_saved_model(model, config, str(base), lengths, version=3)
+    assert sorted(p.name for p in base.iterdir()) == sorted(
+        ["1", "2", "3"] + [name for name, keep in temporary.items() if keep])
+
+
 def _batching_parameters_class():
     """TF Serving's BatchingParameters (session_bundle_config.proto), which the pip package
     tensorflow-serving-api does not ship: declared here with the fields that config uses."""

@@ -26,7 +26,9 @@ different batch sizes, a tensor not of its signature's shape) fail with
 
 :func:`export_saved_model` writes ``<export_base>/<version>/`` through a
 temporary sibling renamed at the end, so a server never sees a half-written
-version, and adds warm-up requests in ``assets.extra/tf_serving_warmup_requests``
+version (exports into one base may run at once: each removes only the temporary
+directories of exports no longer running, and one whose version another took
+meanwhile moves to the next), and adds warm-up requests in ``assets.extra/tf_serving_warmup_requests``
 and what the version was made from in ``assets.extra/export_info.json`` (precision,
 decoding, intrinsics, the bone lengths baked into the graph, the model's config
 and, from ``tools/export.py``, the checkpoint and bone-lengths file); TF Serving
@@ -37,7 +39,9 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
 
 import cv2
@@ -269,22 +273,80 @@ def _saveable(functions):
     return root
 
 
+def _temporary_name(version):
+    """``.tmp-<version>-<host>-<pid>-<random>``: the host and process tell a later
+    export whether this one is still being written."""
+    return f".tmp-{version}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _left_by_a_dead_export(path):
+    """Whether the temporary directory ``path`` belongs to no running export.
+
+    One of a process still running on this host is another export in progress
+    (removing it made that export fail); one from another host (a shared file
+    system) cannot be checked from here, so it is left too: TF Serving ignores
+    such names. Names without host and process are those of older versions.
+    """
+    match = re.fullmatch(r"\.tmp-\d+-(.+)-(\d+)-[0-9a-f]{8}", os.path.basename(path))
+    if not match:
+        return True
+    if match.group(1) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(match.group(2)), 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
+
+
+def _publish(tmp, export_base, version, chosen, info, attempts=10):
+    """Writes ``info`` (with the version) into the complete export ``tmp`` and renames
+    it to its version directory; returns that.
+
+    Another export into the same base may take the version after it was picked:
+    a version left to this function moves on to the next free one, a chosen one
+    is a ValueError (``tmp`` is then removed by the caller, nothing is written).
+    """
+    for _ in range(attempts):
+        final = os.path.join(export_base, str(version))
+        with open(os.path.join(tmp, "assets.extra", INFO_FILE), "w") as f:
+            json.dump({"version": version, **info}, f, indent=1)
+        try:
+            os.rename(tmp, final)  # atomic; fails onto a non-empty directory
+            return final
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+            if chosen:
+                raise ValueError(f"export version {final} appeared while this export was "
+                                 f"written (another export into {export_base}?); nothing was "
+                                 f"written: choose another --version") from None
+            version = next_version(export_base)
+    raise ValueError(f"{attempts} versions under {export_base} were taken while this export "
+                     f"was written; nothing was written: run it again")
+
+
 def export_saved_model(model, config, export_base, bone_lengths, version=None, precision="fp32",
                        decode="local_softargmax", fov_deg=DEFAULT_FOV_DEG, model_name="volpose",
                        provenance=None):
     """Writes ``export_base/<version>/`` atomically; returns its path.
 
     Args:
-      version: numeric version; default one more than the highest existing.
+      version: numeric version; default one more than the highest existing (or,
+        should another export into ``export_base`` take that one meanwhile, the
+        next free one; a chosen version taken meanwhile is a ValueError).
       precision: ``fp32`` or ``bf16`` (weights stay float32, compute in bfloat16
         except the heads; see :func:`build_for_precision`).
       provenance: JSON-ready dict added to ``assets.extra/export_info.json``
         (e.g. the checkpoint and bone-lengths file it was made from).
     """
     os.makedirs(export_base, exist_ok=True)
-    for stale in glob.glob(os.path.join(export_base, ".tmp-*")):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed export
-    version = next_version(export_base) if version is None else int(version)
+    for stale in filter(_left_by_a_dead_export, glob.glob(os.path.join(export_base, ".tmp-*"))):
+        shutil.rmtree(stale, ignore_errors=True)
+    chosen = version is not None
+    version = int(version) if chosen else next_version(export_base)
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
     final = os.path.join(export_base, str(version))
@@ -294,17 +356,15 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
                            decode, fov_deg)
     signatures = {"serving_default": module.serving_default,
                   "with_intrinsics": module.with_intrinsics, "heatmaps": module.heatmaps}
-    tmp = os.path.join(export_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    tmp = os.path.join(export_base, _temporary_name(version))
     try:
         tf.saved_model.save(_saveable(signatures), tmp, signatures=signatures)
         write_warmup_requests(os.path.join(tmp, "assets.extra", WARMUP_FILE), model_name)
-        info = {"version": version, "precision": precision, "decode": decode, "fov_deg": fov_deg,
+        info = {"precision": precision, "decode": decode, "fov_deg": fov_deg,
                 "joint_set": config.joint_set,
                 "bone_lengths_mm": [float(v) for v in np.asarray(bone_lengths).ravel()],
                 "config": dataclasses.asdict(config), **(provenance or {})}
-        with open(os.path.join(tmp, "assets.extra", INFO_FILE), "w") as f:
-            json.dump(info, f, indent=1)
-        os.rename(tmp, final)
+        final = _publish(tmp, export_base, version, chosen, info)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
