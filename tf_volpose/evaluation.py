@@ -20,7 +20,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import camera, losses, metrics, skeleton, training, volume
+from tf_volpose import _files, camera, losses, metrics, skeleton, training, volume
 from tf_volpose.data import pipeline, records
 from tf_volpose.models import volumetric
 
@@ -67,12 +67,9 @@ def compute_bone_lengths(file_pattern, joint_set=skeleton.H36M17):
 
 def _save_bone_lengths(output, joint_set, lengths, poses, **provenance):
     """Writes the JSON that :func:`load_bone_lengths` reads, atomically."""
-    with open(output + ".tmp", "w") as f:
-        json.dump({"joint_set": joint_set.name, "bones": joint_set.bones,
-                   "lengths_mm": [float(v) for v in lengths], "poses": int(poses),
-                   **provenance}, f, indent=1)
-    os.replace(output + ".tmp", output)
-    return output
+    return _files.write_text_atomically(output, json.dumps(
+        {"joint_set": joint_set.name, "bones": joint_set.bones,
+         "lengths_mm": [float(v) for v in lengths], "poses": int(poses), **provenance}, indent=1))
 
 
 def write_bone_lengths(file_pattern, output=None, joint_set=skeleton.H36M17):
@@ -402,11 +399,7 @@ def write_report(result, output_dir, title):
     paths = []
     for name, text in (("metrics.json", json.dumps(result, indent=2)),
                        ("report.md", report_markdown(result, title))):
-        path = os.path.join(output_dir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-        paths.append(path)
+        paths.append(_files.write_text_atomically(os.path.join(output_dir, name), text))
     return paths
 
 
