@@ -29,7 +29,10 @@ def _digest(directory):
 
 def test_synthetic_is_deterministic_and_sharded(synthetic_dir, tmp_path):
     assert sorted(os.listdir(synthetic_dir)) == [
-        "train-00000.tfrecord", "train-00001.tfrecord", "train-00002.tfrecord", "val-00000.tfrecord"]
+        "synthetic.json", "train-00000.tfrecord", "train-00001.tfrecord", "train-00002.tfrecord",
+        "val-00000.tfrecord"]
+    assert synthetic.rendered_set(str(synthetic_dir)) == {
+        "num_train": 24, "num_val": 8, "seed": 3, "motion": None, "examples_per_shard": 10}
     synthetic.generate(str(tmp_path), num_train=24, num_val=8, seed=3, examples_per_shard=10,
                        workers=2)  # a process pool gives the same bytes
     assert _digest(tmp_path) == _digest(synthetic_dir)
@@ -38,6 +41,24 @@ def test_synthetic_is_deterministic_and_sharded(synthetic_dir, tmp_path):
     a = next(iter(tf.data.TFRecordDataset(str(other / "train-00000.tfrecord")))).numpy()
     b = next(iter(tf.data.TFRecordDataset(str(synthetic_dir / "train-00000.tfrecord")))).numpy()
     assert a != b
+
+
+def test_an_interrupted_rendering_leaves_no_manifest(synthetic_dir, tmp_path):
+    def interrupt(split, done, total):
+        if split == "val" and done == 2:
+            raise KeyboardInterrupt
+
+    complete = tmp_path / "complete"
+    synthetic.generate(str(complete), num_train=3, num_val=0, seed=1, workers=1)
+    assert synthetic.rendered_set(str(complete))["num_train"] == 3
+    # rendering again over it removes the old manifest first, then stops in val
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.generate(str(complete), num_train=3, num_val=4, seed=1, examples_per_shard=1,
+                           workers=1, progress=interrupt)
+    # the train split and a val shard are complete files, but not a set
+    assert (complete / "train-00002.tfrecord").exists() and (complete / "val-00000.tfrecord").exists()
+    assert synthetic.rendered_set(str(complete)) is None
+    assert synthetic.rendered_set(str(tmp_path / "nothing")) is None
 
 
 def test_synthetic_records_are_exact(synthetic_dir):

@@ -1,4 +1,6 @@
 import os
+import threading
+import time
 
 import pytest
 
@@ -35,3 +37,25 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     _files.write_text_atomically("report.md", "# report\n")
     assert (tmp_path / "report.md").read_text() == "# report\n"
+
+
+def test_exclusive_lock_waits_for_the_holder(tmp_path):
+    path = str(tmp_path / "sub" / ".render.lock")
+    held, order = threading.Event(), []
+
+    def holder():
+        with _files.exclusive_lock(path):
+            held.set()
+            time.sleep(0.5)
+            order.append("holder done")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait()
+    with _files.exclusive_lock(path, on_wait=lambda: order.append("waiting")):
+        order.append("acquired")
+    thread.join()
+    assert order == ["waiting", "holder done", "acquired"]
+    with _files.exclusive_lock(path, on_wait=lambda: order.append("waited again")):
+        pass  # free now: no wait
+    assert order[-1] == "acquired"

@@ -351,6 +351,41 @@ def test_tool_reports_missing_data_without_a_traceback(tmp_path):
     assert "error: no files match" in out and "Traceback" not in out
 
 
+def test_synthetic_set_is_rendered_when_missing_or_interrupted_and_kept_when_complete(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "generate", functools.partial(synthetic.generate, workers=1))
+    directory = tmp_path / "synthetic"
+    config = _config(directory, tmp_path / "run", synthetic_dir=str(directory),
+                     synthetic_train=4, synthetic_val=2)
+
+    def data_messages():
+        events = []
+        training.train(config, dry_run=True, progress=events.append)
+        return [e["message"] for e in events if e.get("event") == "data"]
+
+    assert data_messages() == [
+        f"rendering 4 + 2 synthetic records into {directory}: no records match train_pattern",
+        "wrote {'train': 4, 'val': 2} records"]
+    # what a Ctrl-C while rendering leaves: complete shards, no manifest
+    (directory / synthetic.MANIFEST_FILE).unlink()
+    os.remove(directory / "val-00000.tfrecord")
+    messages = data_messages()
+    assert "the shards there are not a complete set (an interrupted rendering" in messages[0]
+    assert (directory / "val-00000.tfrecord").exists()
+    # a complete set is used as it is, other counts or not: nothing is rendered again
+    before = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+    assert data_messages() == []
+    config = dataclasses.replace(config, synthetic_train=8)
+    messages = data_messages()
+    assert len(messages) == 1 and messages[0].startswith(f"using the synthetic set in {directory} "
+                                                        f"as it was rendered")
+    assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == before
+    # training data elsewhere: the synthetic directory is not looked at
+    elsewhere = dataclasses.replace(config, synthetic_dir=str(tmp_path / "unused"))
+    training.train(elsewhere, dry_run=True)
+    assert not (tmp_path / "unused").exists()
+
+
 def test_records_that_yield_nothing_are_named_before_a_checkpoint(data_dir, tmp_path):
     """Files that match but hold no usable record (here records whose image does not
     decode) end the repeated training stream at once, or leave validation empty: each is

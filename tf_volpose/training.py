@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import camera, losses, skeleton, summaries, volume
+from tf_volpose import _files, camera, losses, skeleton, summaries, volume
 from tf_volpose.data import augment, pipeline, synthetic
 from tf_volpose.models import decoupled, hourglass, regression, volumetric
 
@@ -88,7 +88,8 @@ class TrainConfig:
     flip_prob: float = _field(0.5, "Probability of the horizontal flip augmentation (left/right "
                                    "joints swapped); 0 where images mark left and right, "
                                    "as the synthetic data's colours do.")
-    synthetic_dir: str = _field("", "If set and train_pattern matches nothing, render synthetic data here.")
+    synthetic_dir: str = _field("", "If set and train_pattern matches nothing (or only an "
+                                "incomplete set here), render synthetic data here.")
     synthetic_train: int = _field(0, "Synthetic training records to render.")
     synthetic_val: int = _field(0, "Synthetic validation records to render.")
 
@@ -418,17 +419,50 @@ class _StopFlag:
 
 
 def _ensure_data(config, report):
+    """Renders the synthetic set into ``config.synthetic_dir`` when it is needed.
+
+    Needed when ``train_pattern`` matches nothing or only files in that
+    directory, and the directory holds no complete set (see
+    :func:`synthetic.rendered_set`): shards that an interrupted rendering
+    left used to be taken for the set, so a run after a Ctrl-C trained on part
+    of it and found no validation split. A complete set is used as it is, even
+    if rendered with other counts (a note says so; delete the directory to
+    render anew). Two runs starting together render it once: the second waits.
+    """
     try:
-        pipeline.list_files(config.train_pattern)
-        return
+        files = pipeline.list_files(config.train_pattern)
     except ValueError:
         if not config.synthetic_dir:
             raise
-    report({"event": "data", "message": f"rendering {config.synthetic_train} + "
-            f"{config.synthetic_val} synthetic records into {config.synthetic_dir}"})
-    counts = synthetic.generate(config.synthetic_dir, config.synthetic_train,
-                                config.synthetic_val, seed=config.seed)
-    report({"event": "data", "message": f"wrote {counts} records"})
+        files = []
+    if not config.synthetic_dir:
+        return
+    directory = os.path.realpath(config.synthetic_dir)
+    if files and all(os.path.commonpath([directory, os.path.realpath(f)]) != directory
+                     for f in files):
+        return  # real data elsewhere
+    wanted = {"num_train": config.synthetic_train, "num_val": config.synthetic_val,
+              "seed": config.seed}
+
+    def waiting():
+        report({"event": "data", "message": f"waiting for another run rendering synthetic "
+                f"records into {config.synthetic_dir}"})
+
+    with _files.exclusive_lock(os.path.join(config.synthetic_dir, ".render.lock"), waiting):
+        rendered = synthetic.rendered_set(config.synthetic_dir)
+        if rendered is not None:
+            if any(rendered.get(k) != v for k, v in wanted.items()) or rendered.get("motion"):
+                report({"event": "data", "message": f"using the synthetic set in "
+                        f"{config.synthetic_dir} as it was rendered ({rendered}), not "
+                        f"{wanted}: delete the directory to render it anew"})
+            return
+        why = ("the shards there are not a complete set (an interrupted rendering, or one "
+               "older than synthetic.json)" if files else "no records match train_pattern")
+        report({"event": "data", "message": f"rendering {config.synthetic_train} + "
+                f"{config.synthetic_val} synthetic records into {config.synthetic_dir}: {why}"})
+        counts = synthetic.generate(config.synthetic_dir, config.synthetic_train,
+                                    config.synthetic_val, seed=config.seed)
+        report({"event": "data", "message": f"wrote {counts} records"})
 
 
 def _no_usable_records(name, file_pattern):

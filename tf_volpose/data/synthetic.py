@@ -20,16 +20,18 @@ of ``joints/3d`` with ``camera/f`` and ``camera/c``.
 import functools
 import json
 import multiprocessing
+import os
 import zlib
 from importlib import resources
 
 import cv2
 import numpy as np
 
-from tf_volpose import camera, crop
+from tf_volpose import _files, camera, crop
 from tf_volpose.data import records
 
 RENDER_SIZE = 384
+MANIFEST_FILE = "synthetic.json"  # written last: what a complete set was rendered with
 WINDOW_MARGIN = 1.6  # window side / box side: room for scale and rotation augmentation
 MOTION_TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
 
@@ -257,12 +259,20 @@ def generate(output_dir, num_train, num_val, seed=0, motion=None, examples_per_s
 
     Returns:
       dict split -> number of records written.
+
+    ``synthetic.json`` (:data:`MANIFEST_FILE`) is written last, saying what the
+    set was rendered with; a rendering that stops midway leaves none (an older
+    one is removed first), so :func:`rendered_set` tells a complete set from
+    the shards an interrupted run left.
     """
     for name, value, least in (("num_train", num_train, 0), ("num_val", num_val, 0),
                                ("examples_per_shard", examples_per_shard, 1)):
         if int(value) != value or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     motion_data = load_motion(motion) if motion else None
+    manifest = os.path.join(output_dir, MANIFEST_FILE)
+    if os.path.exists(manifest):
+        os.remove(manifest)
     workers = workers or multiprocessing.cpu_count()
     counts = {}
     for split, count in (("train", num_train), ("val", num_val)):
@@ -283,4 +293,24 @@ def generate(output_dir, num_train, num_val, seed=0, motion=None, examples_per_s
                     if progress:
                         progress(split, n, count)
         counts[split] = writer.count
+    _files.write_text_atomically(manifest, json.dumps(
+        _manifest(num_train, num_val, seed, motion, examples_per_shard), indent=1))
     return counts
+
+
+def _manifest(num_train, num_val, seed, motion, examples_per_shard):
+    return {"num_train": int(num_train), "num_val": int(num_val), "seed": int(seed),
+            "motion": os.path.abspath(motion) if motion else None,
+            "examples_per_shard": int(examples_per_shard)}
+
+
+def rendered_set(output_dir):
+    """What the complete synthetic set in ``output_dir`` was rendered with (the
+    :func:`generate` arguments ``num_train``, ``num_val``, ``seed``, ``motion``,
+    ``examples_per_shard``), or ``None`` when there is none: nothing rendered, or a
+    rendering that did not finish."""
+    try:
+        with open(os.path.join(output_dir, MANIFEST_FILE)) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
