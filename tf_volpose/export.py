@@ -297,7 +297,7 @@ def _left_by_a_dead_export(path):
     except ProcessLookupError:
         return True
     except PermissionError:  # it exists, under another user
-        return False
+        pass
     return False
 
 

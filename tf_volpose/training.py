@@ -542,6 +542,9 @@ def _train(config, dry_run, report):
         report({"event": "init", "restored": restored, "not_found": not_found})
 
     data_options = pipeline_options(config)
+    # the training files are checked once here, not by each pipeline built on them
+    pipeline.record_files(config.train_pattern)
+    train_options = dict(data_options, check_files=False)
     start_step = int(step.numpy())
 
     def dataset_fn(context):
@@ -550,12 +553,12 @@ def _train(config, dry_run, report):
         ds = pipeline.make_dataset(
             config.train_pattern, training=True, batch_size=batch,
             num_shards=pipelines, shard_index=context.input_pipeline_id,
-            skip=start_step * config.batch_size // pipelines, **data_options)
+            skip=start_step * config.batch_size // pipelines, **train_options)
         # Only what the step needs crosses to the replicas (no strings or metadata).
         return ds.map(lambda inputs, targets: (inputs, {k: targets[k] for k in TRAIN_TARGETS}))
 
     # the repeated stream would never end if no record decodes: one pass tells first
-    if not dry_run and not pipeline.yields_an_example(config.train_pattern, **data_options):
+    if not dry_run and not pipeline.yields_an_example(config.train_pattern, **train_options):
         raise ValueError(_no_usable_records("train_pattern", config.train_pattern))
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     val_batches = []

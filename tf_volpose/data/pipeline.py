@@ -49,6 +49,7 @@ class PipelineOptions:
     num_shards: int = 1  # input pipelines (workers) sharing the records
     shard_index: int = 0
     records_per_file: int = 0  # read only the first N of each file (0: all): a spread-out sample
+    check_files: bool = True  # records.check_complete first; off where the caller has done it
 
 
 def list_files(file_pattern):
@@ -80,9 +81,8 @@ def yields_an_example(file_pattern, **options):
     that comes out (cheap when the first record is good).
 
     Args:
-      file_pattern, **options: as for :func:`make_dataset` (``skip`` is ignored).
+      file_pattern, **options: as for :func:`make_dataset`.
     """
-    options = {k: v for k, v in options.items() if k != "skip"}
     dataset = make_dataset(file_pattern, training=False, batch_size=1, **options)
     return any(True for _ in dataset.take(1))
 
@@ -190,7 +190,7 @@ def make_dataset(file_pattern, *, training, batch_size, **options):
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     opts = PipelineOptions(**options)
     num_joints = skeleton.get_joint_set(opts.joint_set).num_joints
-    files = record_files(file_pattern)
+    files = record_files(file_pattern) if opts.check_files else list_files(file_pattern)
 
     def read(path):
         records_of_file = tf.data.TFRecordDataset(path)
