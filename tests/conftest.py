@@ -62,6 +62,17 @@ def jpeg_with_exif_orientation(image, orientation):
     return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
 
 
+def copy_to_file_system(url_dir, paths):
+    """Copies local files into ``url_dir`` (e.g. ``ram://...``, TensorFlow's in-process
+    file system standing in for a bucket); returns the copies' URLs."""
+    import tensorflow as tf
+    tf.io.gfile.makedirs(url_dir)
+    copies = [f"{url_dir}/{os.path.basename(p)}" for p in paths]
+    for path, copy in zip(paths, copies):
+        tf.io.gfile.copy(str(path), copy, overwrite=True)
+    return copies
+
+
 def write_undecodable_records(directory, prefix, count=3):
     """``count`` records that pass the pipeline's record checks (a JPEG's magic bytes)
     but whose image does not decode, as shard ``<prefix>-00000.tfrecord``."""

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tf_volpose import camera, crop, evaluation, metrics, skeleton, training, volume
 from tf_volpose.data import synthetic
-from tests.conftest import REPO, box_around, random_pose
+from tests.conftest import REPO, box_around, copy_to_file_system, random_pose
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +250,26 @@ def test_eval_tool_oracle_from_the_command_line(data_dir, tmp_path):
         timeout=300, cwd=repo, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: flip_test averages")
+
+
+def test_bone_lengths_and_reports_beside_records_on_a_tensorflow_file_system(data_dir, tmp_path):
+    """Bone lengths are written beside the records and read back wherever the records are
+    (ram:// standing in for a bucket); an evaluation on those records writes its report
+    there too, with the same numbers as on the local copy."""
+    bucket = f"ram://{tmp_path.name}"
+    copy_to_file_system(bucket, sorted(data_dir.glob("*.tfrecord")))
+    pattern = f"{bucket}/train-*"
+    written = evaluation.write_bone_lengths(pattern, joint_set=skeleton.H36M17)
+    assert written == f"{bucket}/{evaluation.BONE_LENGTHS_FILE}"
+    config = _config(data_dir, tmp_path, train_pattern=pattern)
+    assert evaluation.default_bone_lengths_path(config) == written
+    local, _ = evaluation.compute_bone_lengths(str(data_dir / "train-*"))
+    np.testing.assert_allclose(evaluation.load_bone_lengths(written), local, rtol=1e-12)
+    options = evaluation.EvalOptions(oracle="argmax", decode="argmax")
+    result, paths = evaluation.evaluate(config, options, output_dir=f"{bucket}/eval",
+                                        file_pattern=f"{bucket}/val-*")
+    assert paths == [f"{bucket}/eval/metrics.json", f"{bucket}/eval/report.md"]
+    assert json.loads(tf.io.gfile.GFile(paths[0]).read())["mpjpe_mm"] == result["mpjpe_mm"]
+    same, _ = evaluation.evaluate(config, options, output_dir=str(tmp_path / "eval"),
+                                  file_pattern=str(data_dir / "val-*"))
+    assert same["mpjpe_mm"] == result["mpjpe_mm"]

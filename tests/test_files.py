@@ -3,6 +3,7 @@ import threading
 import time
 
 import pytest
+import tensorflow as tf
 
 from tf_volpose import _files
 
@@ -59,3 +60,28 @@ def test_exclusive_lock_waits_for_the_holder(tmp_path):
     with _files.exclusive_lock(path, on_wait=lambda: order.append("waited again")):
         pass  # free now: no wait
     assert order[-1] == "acquired"
+
+
+def test_text_on_a_tensorflow_file_system(tmp_path):
+    """URLs (gs://, s3://, ram:// here) go through tf.io.gfile, local paths through os."""
+    assert _files.is_url("gs://bucket/run") and _files.is_url(f"ram://{tmp_path.name}/x")
+    assert not _files.is_url(str(tmp_path)) and not _files.is_url(tmp_path / "a:b")
+    url = f"ram://{tmp_path.name}/run/metrics.json"
+    assert _files.write_text_atomically(url, "first") == url
+    _files.write_text_atomically(url, "second")
+    assert _files.read_text(url) == "second"
+    assert tf.io.gfile.listdir(f"ram://{tmp_path.name}/run") == ["metrics.json"]  # no tmp left
+    assert _files.glob_files(f"ram://{tmp_path.name}/run/*.json") == [url]
+    with pytest.raises(OSError, match=f"ram://{tmp_path.name}/nothing.json"):
+        _files.read_text(f"ram://{tmp_path.name}/nothing.json")
+    with pytest.raises(OSError, match="nothing.json"):
+        _files.read_text(str(tmp_path / "nothing.json"))
+    with pytest.raises(ValueError, match="export_base 'gs://b/x' must be a local path"):
+        _files.require_local("gs://b/x", "export_base")
+    assert _files.require_local(str(tmp_path), "export_base") == str(tmp_path)
+
+
+def test_local_globs_leave_out_half_written_dot_files(tmp_path):
+    (tmp_path / "train-00000.tfrecord").write_bytes(b"")
+    (tmp_path / ".train-00001.tmp").write_bytes(b"")  # a shard being written
+    assert _files.glob_files(str(tmp_path / "*")) == [str(tmp_path / "train-00000.tfrecord")]

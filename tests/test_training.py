@@ -11,14 +11,15 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
 
 from tf_volpose import skeleton, training
-from tf_volpose.data import pipeline, synthetic
-from tests.conftest import write_undecodable_records
+from tf_volpose.data import pipeline, records, synthetic
+from tests.conftest import copy_to_file_system, write_undecodable_records
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=8, input_size=64, depths=(1, 4), batch_size=2, checkpoint_every=2,
@@ -336,7 +337,6 @@ def test_sigkill_leaves_only_restorable_checkpoints(data_dir, tmp_path):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_training_loop_under_mixed_precision(data_dir, tmp_path, policy):
-    import keras
     result = training.train(_config(data_dir, tmp_path, mixed_precision=policy, train_steps=2,
                                     val_pattern=""))
     assert result["step"] == 2 and np.isfinite(result["loss"])
@@ -458,3 +458,44 @@ def test_training_forward_runs_the_regression_model_as_it_is(rng):
     images = tf.constant(rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32))
     np.testing.assert_allclose(forward(images)["coords"].numpy(),
                                model(images, training=True)["coords"].numpy(), rtol=1e-6)
+
+
+def test_records_and_model_dir_on_a_tensorflow_file_system(data_dir, tmp_path):
+    """Records and runs may live where tf.io.gfile reads (gs://, s3://, hdfs://):
+    here TensorFlow's in-process ram:// file system stands in for a bucket. Before,
+    a ``gs://`` pattern was "no files match" (Python's glob) and a run's config.json
+    could not be read back."""
+    bucket = f"ram://{tmp_path.name}"
+    copy_to_file_system(f"{bucket}/data", sorted(data_dir.glob("*.tfrecord")))
+    assert pipeline.list_files(f"{bucket}/data/train-*") == [
+        f"{bucket}/data/{p.name}" for p in sorted(data_dir.glob("train-*"))]
+    config = _config(data_dir, f"{bucket}/run", train_pattern=f"{bucket}/data/train-*",
+                     val_pattern=f"{bucket}/data/val-*", train_steps=2, image_summary_every=0,
+                     synthetic_dir=str(tmp_path / "synthetic"))
+    keras.utils.set_random_seed(3)  # the same initial weights in both runs
+    result = training.train(config)
+    assert result["step"] == 2 and result["checkpoint"] == f"{bucket}/run/ckpt-2"
+    assert [v["step"] for v in result["validation"]] == [0, 2]
+    assert tf.io.gfile.glob(f"{bucket}/run/train/events.out.tfevents.*")  # TensorBoard
+    assert training.load_config(config.model_dir) == config
+    assert not (tmp_path / "synthetic").exists()  # real data elsewhere: nothing rendered
+    # the same run on local files trains the same weights
+    keras.utils.set_random_seed(3)
+    local = training.train(_config(data_dir, tmp_path / "local", train_steps=2,
+                                   image_summary_every=0, val_pattern=""))
+    assert training.weights_digest(result["model"]) == training.weights_digest(local["model"])
+
+
+def test_rendering_export_and_conversion_refuse_a_url_before_writing(tmp_path):
+    from tf_volpose import export
+    config = training.TrainConfig(**dict(TINY, train_pattern=str(tmp_path / "none-*"),
+                                         synthetic_dir=f"ram://{tmp_path.name}/synthetic"))
+    with pytest.raises(ValueError, match=r"synthetic_dir 'ram://.*/synthetic' must be a local "
+                                         r"path: it is written with local renames and locks"):
+        training.train(config, dry_run=True)
+    with pytest.raises(ValueError, match=r"export_base 'gs://bucket/volpose' must be a local"):
+        export.export_saved_model(None, None, "gs://bucket/volpose", None)
+    # the converters' writer: os.makedirs would have made a local ./gs:/bucket
+    with pytest.raises(ValueError, match=r"output_dir 'gs://bucket/h36m' must be a local"):
+        records.ShardedWriter("gs://bucket/h36m", "train")
+    assert not os.path.exists("gs:")

@@ -1,8 +1,38 @@
-"""Writing files so that readers and other writers never see half of one."""
+"""Paths on any file system TensorFlow reads, and writing files whole.
+
+Records, model directories, bone lengths and reports may live on a file
+system that ``tf.io.gfile`` knows (``gs://``, ``s3://`` with tensorflow-io,
+``hdfs://``, the in-process ``ram://``) as well as on a local disk; a path
+with a ``scheme://`` prefix is such a URL. Work that needs a local disk (the
+synthetic rendering, exports, locks) says so when given a URL.
+"""
 
 import contextlib
+import glob
 import os
 import uuid
+
+import tensorflow as tf
+
+
+def is_url(path):
+    """Whether ``path`` names a file on a non-local file system (``gs://b/x``)."""
+    return "://" in os.fspath(path)
+
+
+def glob_files(pattern):
+    """The paths ``pattern`` matches, unsorted: Python's glob for local paths
+    (which leaves dot-files such as half-written ``.train-00003.tmp`` out of
+    ``*``), ``tf.io.gfile.glob`` for URLs."""
+    return tf.io.gfile.glob(pattern) if is_url(pattern) else glob.glob(pattern)
+
+
+def require_local(path, what):
+    """Raises a ValueError when ``path`` is a URL: ``what`` needs a local directory."""
+    if is_url(path):
+        raise ValueError(f"{what} {os.fspath(path)!r} must be a local path: it is written "
+                         f"with local renames and locks (write it locally, then copy it)")
+    return path
 
 
 def write_text_atomically(path, text):
@@ -13,8 +43,21 @@ def write_text_atomically(path, text):
     that both compute the bone lengths beside the records) shared the
     temporary file, and the second rename failed on the file the first had
     moved. A reader sees the old file or the new one, never a part; the last
-    rename wins.
+    rename wins. On an object store (a URL) the rename is the store's copy,
+    and an object appears only when it is whole, so no reader sees a part
+    there either.
     """
+    if is_url(path):
+        directory, name = path.rsplit("/", 1)
+        tmp = f"{directory}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with tf.io.gfile.GFile(tmp, "w") as f:
+                f.write(text)
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+        finally:
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
+        return path
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -25,6 +68,15 @@ def write_text_atomically(path, text):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def read_text(path):
+    """The text of a local file or a URL (OSError when it cannot be read)."""
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return f.read()
+    except tf.errors.OpError as e:  # gfile's errors, as the OSError local reads give
+        raise OSError(f"{path}: {e.message}") from e
 
 
 @contextlib.contextmanager

@@ -81,6 +81,14 @@ def write_bone_lengths(file_pattern, output=None, joint_set=skeleton.H36M17):
                               records=file_pattern)
 
 
+def write_bone_lengths_if_missing(file_pattern, output, joint_set=skeleton.H36M17):
+    """:func:`write_bone_lengths` into ``output`` unless it exists; whether it wrote."""
+    if tf.io.gfile.exists(output):
+        return False
+    write_bone_lengths(file_pattern, output, joint_set)
+    return True
+
+
 def bone_lengths_matching_predictions(predictions, grid, joint_set=skeleton.H36M17):
     """Bone lengths that make the root-depth fit unbiased on these predictions.
 
@@ -168,13 +176,12 @@ def write_model_bone_lengths(config, checkpoint, output=None, file_pattern=None,
 def model_bone_lengths_path(checkpoint):
     """The run's calibrated ``model_bone_lengths.json`` if it has one, else ``None``."""
     path = os.path.join(training.run_directory(checkpoint), MODEL_BONE_LENGTHS_FILE)
-    return path if os.path.exists(path) else None
+    return path if tf.io.gfile.exists(path) else None
 
 
 def load_bone_lengths(path, joint_set=skeleton.H36M17):
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(_files.read_text(path))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read bone lengths {path!r} (write it with "
                          f"tools/bone_lengths.py): {e}") from e
@@ -395,7 +402,7 @@ def report_markdown(result, title):
 
 def write_report(result, output_dir, title):
     """Writes ``metrics.json`` and ``report.md`` (atomically) and returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
+    tf.io.gfile.makedirs(output_dir)
     paths = []
     for name, text in (("metrics.json", json.dumps(result, indent=2)),
                        ("report.md", report_markdown(result, title))):

@@ -49,7 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import camera, crop, skeleton, training, volume
+from tf_volpose import _files, camera, crop, skeleton, training, volume
 from tf_volpose.models import hourglass
 
 DEFAULT_FOV_DEG = camera.DEFAULT_FOV_DEG
@@ -341,7 +341,13 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
         except the heads; see :func:`build_for_precision`).
       provenance: JSON-ready dict added to ``assets.extra/export_info.json``
         (e.g. the checkpoint and bone-lengths file it was made from).
+
+    Raises:
+      ValueError: ``export_base`` is a URL (``gs://...``): a version appears
+        whole only through a local rename; export locally and copy the version
+        directory under a name TF Serving ignores, then move it (serving/README.md).
     """
+    _files.require_local(export_base, "export_base")
     os.makedirs(export_base, exist_ok=True)
     for stale in filter(_left_by_a_dead_export, glob.glob(os.path.join(export_base, ".tmp-*"))):
         shutil.rmtree(stale, ignore_errors=True)

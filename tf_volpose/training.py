@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -437,6 +436,9 @@ def _ensure_data(config, report):
         files = []
     if not config.synthetic_dir:
         return
+    if files and all(_files.is_url(f) for f in files):
+        return  # real data elsewhere
+    _files.require_local(config.synthetic_dir, "synthetic_dir")
     directory = os.path.realpath(config.synthetic_dir)
     if files and all(os.path.commonpath([directory, os.path.realpath(f)]) != directory
                      for f in files):
@@ -699,8 +701,8 @@ def _train(config, dry_run, report):
     elif chief and final > start_step:
         validate(final)
     writer.flush()
-    if not chief:
-        shutil.rmtree(directory, ignore_errors=True)
+    if not chief and tf.io.gfile.exists(directory):
+        tf.io.gfile.rmtree(directory)
     result.update(step=final, loss=last_loss)
     if chief:
         with tf.io.gfile.GFile(os.path.join(config.model_dir, "config.json"), "w") as f:
@@ -741,7 +743,7 @@ def checkpoint_path(checkpoint, name="checkpoint"):
     Raises a ValueError naming ``name`` and the path when there is none, before
     anything is built or read.
     """
-    if os.path.isdir(checkpoint):
+    if tf.io.gfile.isdir(checkpoint):
         latest = tf.train.latest_checkpoint(checkpoint)
         if latest is None:
             raise ValueError(f"{name} {checkpoint!r}: no checkpoint in this directory")
@@ -754,15 +756,21 @@ def checkpoint_path(checkpoint, name="checkpoint"):
 
 def run_directory(checkpoint):
     """The model directory of ``checkpoint``: the directory itself, or a checkpoint file's."""
-    return checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    return checkpoint if tf.io.gfile.isdir(checkpoint) else os.path.dirname(checkpoint)
+
+
+def saved_config(model_dir):
+    """:func:`load_config` of ``model_dir``, or ``None`` when it saved none."""
+    if not tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
+        return None
+    return load_config(model_dir)
 
 
 def load_config(model_dir):
     """The :class:`TrainConfig` a run saved in ``model_dir/config.json``."""
     path = os.path.join(model_dir, "config.json")
     try:
-        with open(path) as f:
-            values = json.load(f)
+        values = json.loads(_files.read_text(path))
     except OSError as e:
         raise ValueError(f"cannot read the training config {path}: {e}") from e
     for key in ("depths", "loss_weights", "lr_decay_steps"):

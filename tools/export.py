@@ -10,8 +10,6 @@ or the lengths in --bone_lengths, e.g. ones calibrated to this model by
 tools/bone_lengths.py --checkpoint (README: root depth from bone lengths).
 """
 
-import os
-
 import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
 
 from absl import app, flags
@@ -39,8 +37,7 @@ def main(argv):
     config = train_tool.config_for_checkpoint(FLAGS.checkpoint)
     joint_set = skeleton.get_joint_set(config.joint_set)
     lengths_path = FLAGS.bone_lengths or evaluation.default_bone_lengths_path(config)
-    if not os.path.exists(lengths_path):
-        lengths_path = evaluation.write_bone_lengths(config.train_pattern, lengths_path, joint_set)
+    if evaluation.write_bone_lengths_if_missing(config.train_pattern, lengths_path, joint_set):
         print(f"wrote {lengths_path}")
     bone_lengths = evaluation.load_bone_lengths(lengths_path, joint_set)
     if not FLAGS.bone_lengths:

@@ -8,7 +8,6 @@ builds the data and the model, prints the summary and the parameter count, and e
 """
 
 import dataclasses
-import os
 import sys
 import time
 import typing
@@ -75,10 +74,8 @@ def config_for_checkpoint(checkpoint, flag_values=FLAGS):
     if not checkpoint:
         return config_from_flags(flag_values)
     training.checkpoint_path(checkpoint)  # a wrong path fails here, naming it
-    model_dir = training.run_directory(checkpoint)
-    if not os.path.exists(os.path.join(model_dir, "config.json")):
-        return config_from_flags(flag_values)
-    return config_from_flags(flag_values, base=training.load_config(model_dir))
+    base = training.saved_config(training.run_directory(checkpoint))
+    return config_from_flags(flag_values, base=base)
 
 
 def point_at_calibrated_bone_lengths(checkpoint):

@@ -24,12 +24,11 @@ Only the part of a JPEG that the crop needs is decoded (``decode_and_crop_jpeg``
 """
 
 import dataclasses
-import glob
 import sys
 
 import tensorflow as tf
 
-from tf_volpose import crop, skeleton, volume
+from tf_volpose import _files, crop, skeleton, volume
 from tf_volpose.data import augment, records
 
 
@@ -53,21 +52,31 @@ class PipelineOptions:
 
 
 def list_files(file_pattern):
+    """The sorted files that ``file_pattern`` matches: globs, comma-separated
+    (or a list), local or on any file system ``tf.io.gfile`` reads (``gs://...``).
+
+    Raises:
+      ValueError: no file matches.
+    """
     patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
-    files = sorted(f for p in patterns for f in glob.glob(p.strip()))
+    files = sorted(f for p in patterns for f in _files.glob_files(p.strip()))
     if not files:
         raise ValueError(f"no files match file_pattern={file_pattern!r}")
     return files
 
 
 def record_files(file_pattern):
-    """:func:`list_files`, having checked that none is truncated.
+    """:func:`list_files`, having checked that none of the local ones is truncated.
+
+    Files on object stores (URLs) are not checked: a store shows an object
+    only once it is whole, so an interrupted copy leaves none, and reading a
+    header per record would cost a request per record.
 
     Raises:
       ValueError: no file matches, or one is truncated (:func:`records.check_complete`).
     """
     files = list_files(file_pattern)
-    records.check_complete(files)
+    records.check_complete([f for f in files if not _files.is_url(f)])
     return files
 
 

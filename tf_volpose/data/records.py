@@ -35,7 +35,7 @@ import struct
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import _checks
+from tf_volpose import _checks, _files
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -226,6 +226,7 @@ class ShardedWriter:
         self._writer = None
         self._tmp = None
         self._kept = {}  # shard index -> whether resume keeps the existing shard
+        _files.require_local(output_dir, "output_dir")  # os.makedirs would make ./gs:/...
         os.makedirs(output_dir, exist_ok=True)
         for stale in glob.glob(os.path.join(output_dir, f".{prefix}-*.tmp")):
             os.remove(stale)  # partial shards of a crashed run
