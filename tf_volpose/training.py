@@ -701,8 +701,11 @@ def _train(config, dry_run, report):
     elif chief and final > start_step:
         validate(final)
     writer.flush()
-    if not chief and tf.io.gfile.exists(directory):
-        tf.io.gfile.rmtree(directory)
+    if not chief:
+        try:  # its checkpoints only took part in the chief's saves
+            tf.io.gfile.rmtree(directory)
+        except tf.errors.OpError:
+            pass  # already gone
     result.update(step=final, loss=last_loss)
     if chief:
         with tf.io.gfile.GFile(os.path.join(config.model_dir, "config.json"), "w") as f:
