@@ -79,6 +79,12 @@ def test_text_on_a_tensorflow_file_system(tmp_path):
     with pytest.raises(ValueError, match="export_base 'gs://b/x' must be a local path"):
         _files.require_local("gs://b/x", "export_base")
     assert _files.require_local(str(tmp_path), "export_base") == str(tmp_path)
+    # a file system that cannot be asked (here no such scheme) is an OSError naming the path
+    with pytest.raises(OSError, match=r"cannot list 'nofs://b/x-\*': File system scheme 'nofs'"):
+        _files.glob_files("nofs://b/x-*")
+    with pytest.raises(OSError, match=r"model_dir 'nofs://b/run' cannot be reached"):
+        _files.exists("nofs://b/run", "model_dir")
+    assert _files.exists(url) and not _files.exists(str(tmp_path / "nothing"))
 
 
 def test_local_globs_leave_out_half_written_dot_files(tmp_path):

@@ -24,7 +24,21 @@ def glob_files(pattern):
     """The paths ``pattern`` matches, unsorted: Python's glob for local paths
     (which leaves dot-files such as half-written ``.train-00003.tmp`` out of
     ``*``), ``tf.io.gfile.glob`` for URLs."""
-    return tf.io.gfile.glob(pattern) if is_url(pattern) else glob.glob(pattern)
+    if not is_url(pattern):
+        return glob.glob(pattern)
+    try:
+        return tf.io.gfile.glob(pattern)
+    except tf.errors.OpError as e:  # an unknown scheme, no network, no access
+        raise OSError(f"cannot list {pattern!r}: {e.message}") from e
+
+
+def exists(path, what="path"):
+    """``tf.io.gfile.exists(path)``; an OSError naming ``what`` and ``path`` when
+    its file system cannot be asked (an unknown scheme, no network, no access)."""
+    try:
+        return tf.io.gfile.exists(path)
+    except tf.errors.OpError as e:
+        raise OSError(f"{what} {os.fspath(path)!r} cannot be reached: {e.message}") from e
 
 
 def require_local(path, what):

@@ -83,7 +83,7 @@ def write_bone_lengths(file_pattern, output=None, joint_set=skeleton.H36M17):
 
 def write_bone_lengths_if_missing(file_pattern, output, joint_set=skeleton.H36M17):
     """:func:`write_bone_lengths` into ``output`` unless it exists; whether it wrote."""
-    if tf.io.gfile.exists(output):
+    if _files.exists(output, "bone lengths"):
         return False
     write_bone_lengths(file_pattern, output, joint_set)
     return True
@@ -176,7 +176,7 @@ def write_model_bone_lengths(config, checkpoint, output=None, file_pattern=None,
 def model_bone_lengths_path(checkpoint):
     """The run's calibrated ``model_bone_lengths.json`` if it has one, else ``None``."""
     path = os.path.join(training.run_directory(checkpoint), MODEL_BONE_LENGTHS_FILE)
-    return path if tf.io.gfile.exists(path) else None
+    return path if _files.exists(path, "calibrated bone lengths") else None
 
 
 def load_bone_lengths(path, joint_set=skeleton.H36M17):

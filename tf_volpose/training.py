@@ -503,6 +503,7 @@ def train(config: TrainConfig, dry_run: bool = False,
 
 
 def _train(config, dry_run, report):
+    _files.exists(config.model_dir, "model_dir")  # a bucket out of reach fails here, named
     strategy = make_strategy(config.strategy)
     chief = is_chief(strategy)
     if chief:
@@ -751,7 +752,7 @@ def checkpoint_path(checkpoint, name="checkpoint"):
         if latest is None:
             raise ValueError(f"{name} {checkpoint!r}: no checkpoint in this directory")
         return latest
-    if not tf.io.gfile.exists(checkpoint + ".index"):
+    if not _files.exists(checkpoint + ".index", name):
         raise ValueError(f"{name} {checkpoint!r}: neither a model directory nor a checkpoint "
                          f"(no {checkpoint}.index)")
     return checkpoint
@@ -764,7 +765,7 @@ def run_directory(checkpoint):
 
 def saved_config(model_dir):
     """:func:`load_config` of ``model_dir``, or ``None`` when it saved none."""
-    if not tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
+    if not _files.exists(os.path.join(model_dir, "config.json"), "model_dir's config"):
         return None
     return load_config(model_dir)
 
