@@ -1,5 +1,7 @@
+import contextlib
 import os
 import pathlib
+import signal
 import struct
 import subprocess
 import sys
@@ -71,6 +73,29 @@ def copy_to_file_system(url_dir, paths):
     for path, copy in zip(paths, copies):
         tf.io.gfile.copy(str(path), copy, overwrite=True)
     return copies
+
+
+def set_file_size_limit(nbytes):
+    """Writes past ``nbytes`` in one file fail with EFBIG ("File too large"), as writes on
+    a full disk fail with ENOSPC, without a disk to fill (SIGXFSZ ignored, so the write
+    fails instead of killing the process). Returns what :func:`file_size_limit` restores."""
+    import resource
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, limits[1]))
+    return handler, limits
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes):
+    """:func:`set_file_size_limit` for this process, while the block runs."""
+    import resource
+    handler, limits = set_file_size_limit(nbytes)
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
 
 
 def write_undecodable_records(directory, prefix, count=3):

@@ -1,6 +1,7 @@
 import hashlib
 import os
 import re
+import signal
 
 import cv2
 import numpy as np
@@ -9,7 +10,7 @@ import tensorflow as tf
 
 from tf_volpose import camera, crop, skeleton
 from tf_volpose.data import augment, pipeline, records, synthetic
-from tests.conftest import write_undecodable_records
+from tests.conftest import file_size_limit, write_undecodable_records
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +196,19 @@ def test_yields_an_example_tells_records_that_never_decode(synthetic_dir, tmp_pa
     # one good file among them is enough
     good = sorted(synthetic_dir.glob("train-*"))[0]
     assert pipeline.yields_an_example(f"{tmp_path / 'bad-*'},{good}", **options)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_a_shard_that_cannot_be_written_is_named_and_leaves_nothing(tmp_path):
+    """A full disk (here a file size limit: EFBIG where a full disk gives ENOSPC, the
+    latter checked by hand on a 3 MB tmpfs) was a traceback from TFRecordWriter naming
+    the temporary file; it is an OSError naming the shard, and no file is left."""
+    with pytest.raises(OSError, match=f"cannot write {tmp_path}/train-00000.tfrecord: .*File "
+                                      f"too large"):
+        with file_size_limit(50_000), records.ShardedWriter(str(tmp_path), "train", 100) as w:
+            for _ in range(100):
+                w.write(b"x" * 10_000)
+    assert os.listdir(tmp_path) == []
 
 
 def test_resume_writes_a_truncated_or_short_shard_again(tmp_path):

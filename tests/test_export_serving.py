@@ -23,7 +23,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from tf_volpose import evaluation, export, training, volume
 from tf_volpose.data import synthetic
 from tf_volpose.models import hourglass
-from tests.conftest import assert_one_line_errors, jpeg_with_exif_orientation
+from tests.conftest import assert_one_line_errors, file_size_limit, jpeg_with_exif_orientation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "serving"))  # serving/ holds scripts, not a package
@@ -243,6 +243,19 @@ def test_killed_export_leaves_no_version_directory(trained, tmp_path):
     # the next export cleans the leftovers and writes version 1
     assert export.export_saved_model(model, config, str(base), lengths).endswith("1")
     assert not glob.glob(str(base / ".tmp-*"))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_an_export_that_cannot_be_written_is_one_error_and_leaves_nothing(trained, tmp_path):
+    """A full disk (a file size limit here; ENOSPC on a 3 MB tmpfs by hand) was a
+    traceback from the SavedModel writer."""
+    config, model, lengths, _ = trained
+    base = tmp_path / "volpose"
+    with pytest.raises(OSError, match=f"cannot write the export into {base} \\(.*File too "
+                                      f"large\\); nothing was written"):
+        with file_size_limit(20_000):
+            export.export_saved_model(model, config, str(base), lengths)
+    assert os.listdir(base) == []
 
 
 def test_concurrent_exports_keep_each_others_work(trained, tmp_path, monkeypatch):

@@ -91,3 +91,12 @@ def test_local_globs_leave_out_half_written_dot_files(tmp_path):
     (tmp_path / "train-00000.tfrecord").write_bytes(b"")
     (tmp_path / ".train-00001.tmp").write_bytes(b"")  # a shard being written
     assert _files.glob_files(str(tmp_path / "*")) == [str(tmp_path / "train-00000.tfrecord")]
+
+
+def test_error_message_drops_the_eager_op_wrapping(tmp_path):
+    missing = str(tmp_path / "nothing")
+    with pytest.raises(tf.errors.NotFoundError) as raised:
+        tf.io.read_file(missing)
+    assert "{{function_node" in raised.value.message and "[Op:ReadFile]" in raised.value.message
+    assert _files.error_message(raised.value) == f"{missing}; No such file or directory"
+    assert _files.error_message(OSError("plain")) == "plain"

@@ -19,7 +19,8 @@ from absl import flags
 
 from tf_volpose import skeleton, training
 from tf_volpose.data import pipeline, records, synthetic
-from tests.conftest import assert_one_line_errors, copy_to_file_system, write_undecodable_records
+from tests.conftest import (assert_one_line_errors, copy_to_file_system, set_file_size_limit,
+                            write_undecodable_records)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=8, input_size=64, depths=(1, 4), batch_size=2, checkpoint_every=2,
@@ -331,6 +332,8 @@ def test_sigkill_leaves_only_restorable_checkpoints(data_dir, tmp_path):
     latest = tf.train.latest_checkpoint(str(tmp_path))
     step = int(latest.rsplit("-", 1)[1])
     assert step >= 4
+    # the killed run describes itself (config.json is written before the first step)
+    assert training.load_config(str(tmp_path)).train_steps == 100000
     resumed = training.train(_config(data_dir, tmp_path, train_steps=step + 1, val_pattern=""))
     assert resumed["step"] == step + 1
 
@@ -512,3 +515,26 @@ def test_rendering_export_and_conversion_refuse_a_url_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"output_dir 'gs://bucket/h36m' must be a local"):
         records.ShardedWriter("gs://bucket/h36m", "train")
     assert not os.path.exists("gs:")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temporary(data_dir,
+                                                                               tmp_path):
+    """A full disk, by a file size limit that fails the checkpoint's data file with EFBIG
+    (what ENOSPC does on a full disk, checked by hand on a 3 MB tmpfs): before, a
+    traceback from SaveV2 and a ckpt-2_temp directory left behind; the run's config.json
+    was written only at the end, so the killed run could not be evaluated by name."""
+    run = tmp_path / "run"
+    proc = _run_tool(_tool_args(data_dir, run, train_steps=3, image_summary_every=0),
+                     preexec_fn=lambda: set_file_size_limit(100_000))  # checkpoints: > 200 KB
+    out, _ = proc.communicate(timeout=300)
+    lines = out.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert lines[-1].startswith(f"error: cannot write checkpoint 2 into {run} (") \
+        and lines[-1].endswith("no earlier checkpoint was written: free space (or fix access) "
+                               "and run again"), lines[-1]
+    assert "File too large" in lines[-1] and "function_node" not in lines[-1]
+    assert not glob.glob(str(run / "*_temp")) and tf.train.latest_checkpoint(str(run)) is None
+    # written before the first step, so the run's checkpoints (had any been written) load by name
+    assert training.load_config(str(run)) == _config(data_dir, run, train_steps=3,
+                                                     image_summary_every=0, val_pattern="")

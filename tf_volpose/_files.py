@@ -10,9 +10,18 @@ synthetic rendering, exports, locks) says so when given a URL.
 import contextlib
 import glob
 import os
+import re
 import uuid
 
 import tensorflow as tf
+
+
+def error_message(error):
+    """The message of a TensorFlow ``OpError`` without the op wrapping an eager call
+    adds (``{{function_node __wrapped__SaveV2...}} ... [Op:SaveV2]``)."""
+    message = getattr(error, "message", None) or str(error)
+    return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]( name: \S*)?$", "",
+                  message.strip())
 
 
 def is_url(path):
@@ -29,7 +38,7 @@ def glob_files(pattern):
     try:
         return tf.io.gfile.glob(pattern)
     except tf.errors.OpError as e:  # an unknown scheme, no network, no access
-        raise OSError(f"cannot list {pattern!r}: {e.message}") from e
+        raise OSError(f"cannot list {pattern!r}: {error_message(e)}") from e
 
 
 def exists(path, what="path"):
@@ -38,7 +47,7 @@ def exists(path, what="path"):
     try:
         return tf.io.gfile.exists(path)
     except tf.errors.OpError as e:
-        raise OSError(f"{what} {os.fspath(path)!r} cannot be reached: {e.message}") from e
+        raise OSError(f"{what} {os.fspath(path)!r} cannot be reached: {error_message(e)}") from e
 
 
 def require_local(path, what):
@@ -50,7 +59,8 @@ def require_local(path, what):
 
 
 def write_text_atomically(path, text):
-    """Writes ``text`` to ``path`` through a temporary sibling renamed at the end.
+    """Writes ``text`` to ``path`` (its directory made if missing) through a
+    temporary sibling renamed at the end.
 
     The temporary name is this process's own (pid and a random part): with a
     fixed name, two processes writing the same file at once (two exports
@@ -64,6 +74,7 @@ def write_text_atomically(path, text):
     if is_url(path):
         directory, name = path.rsplit("/", 1)
         tmp = f"{directory}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        tf.io.gfile.makedirs(directory)
         try:
             with tf.io.gfile.GFile(tmp, "w") as f:
                 f.write(text)
@@ -74,6 +85,7 @@ def write_text_atomically(path, text):
         return path
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    os.makedirs(directory, exist_ok=True)
     try:
         with open(tmp, "x") as f:
             f.write(text)
@@ -90,7 +102,7 @@ def read_text(path):
         with tf.io.gfile.GFile(path, "r") as f:
             return f.read()
     except tf.errors.OpError as e:  # gfile's errors, as the OSError local reads give
-        raise OSError(f"{path}: {e.message}") from e
+        raise OSError(f"{path}: {error_message(e)}") from e
 
 
 @contextlib.contextmanager

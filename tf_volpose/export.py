@@ -364,8 +364,12 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
                   "with_intrinsics": module.with_intrinsics, "heatmaps": module.heatmaps}
     tmp = os.path.join(export_base, _temporary_name(version))
     try:
-        tf.saved_model.save(_saveable(signatures), tmp, signatures=signatures)
-        write_warmup_requests(os.path.join(tmp, "assets.extra", WARMUP_FILE), model_name)
+        try:
+            tf.saved_model.save(_saveable(signatures), tmp, signatures=signatures)
+            write_warmup_requests(os.path.join(tmp, "assets.extra", WARMUP_FILE), model_name)
+        except tf.errors.OpError as e:  # a full disk: ResourceExhaustedError
+            raise OSError(f"cannot write the export into {export_base} "
+                          f"({_files.error_message(e)}); nothing was written") from e
         info = {"precision": precision, "decode": decode, "fov_deg": fov_deg,
                 "joint_set": config.joint_set,
                 "bone_lengths_mm": [float(v) for v in np.asarray(bone_lengths).ravel()],

@@ -581,6 +581,9 @@ def _train(config, dry_run, report):
             raise ValueError(_no_usable_records("val_pattern", config.val_pattern))
     if dry_run:
         return result
+    if chief:  # before the first step: a run killed at any point can be evaluated and exported
+        _files.write_text_atomically(os.path.join(config.model_dir, "config.json"),
+                                     config.to_json())
 
     forward = TrainingForward(config, model)
 
@@ -683,7 +686,7 @@ def _train(config, dry_run, report):
                 with writer.as_default(step=current):
                     write_image_summaries()
             if current % config.checkpoint_every == 0:
-                result["checkpoint"] = manager.save(checkpoint_number=current)
+                result["checkpoint"] = save_checkpoint(manager, current)
                 report({"event": "checkpoint", "path": result["checkpoint"], "step": current})
             if chief and config.val_every and current % config.val_every == 0 \
                     and current < config.train_steps:
@@ -693,7 +696,7 @@ def _train(config, dry_run, report):
                 break
     final = int(step.numpy())
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{final}"):
-        result["checkpoint"] = manager.save(checkpoint_number=final)
+        result["checkpoint"] = save_checkpoint(manager, final)
         report({"event": "checkpoint", "path": result["checkpoint"], "step": final})
     else:
         result["checkpoint"] = manager.latest_checkpoint
@@ -708,10 +711,29 @@ def _train(config, dry_run, report):
         except tf.errors.OpError:
             pass  # already gone
     result.update(step=final, loss=last_loss)
-    if chief:
-        with tf.io.gfile.GFile(os.path.join(config.model_dir, "config.json"), "w") as f:
-            f.write(config.to_json())
     return result
+
+
+def save_checkpoint(manager, number):
+    """``manager.save(checkpoint_number=number)``; an OSError naming the directory and
+    the checkpoint that is kept when it cannot be written (a full disk, no access).
+
+    TensorFlow writes a checkpoint into ``<prefix>-<number>_temp/`` and moves it into
+    place at the end; a failed write left that directory behind, and a traceback.
+    The checkpoints already there stay as they were and a rerun resumes from the last.
+    """
+    try:
+        return manager.save(checkpoint_number=number)
+    except (tf.errors.OpError, OSError) as e:
+        directory = manager.directory
+        for temp in tf.io.gfile.glob(os.path.join(directory, f"*-{number}_temp")):
+            tf.io.gfile.rmtree(temp)
+        why = _files.error_message(e)
+        latest = manager.latest_checkpoint
+        kept = (f"the last complete checkpoint, {latest}, is kept: free space (or fix access) "
+                f"and run again to resume from it" if latest else
+                "no earlier checkpoint was written: free space (or fix access) and run again")
+        raise OSError(f"cannot write checkpoint {number} into {directory} ({why}); {kept}") from e
 
 
 def weights_digest(model, trainable_only=True):

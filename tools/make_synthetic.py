@@ -33,8 +33,14 @@ def main(argv):
         if done % 50 == 0 or done == total:
             bars[split].update(done)
 
-    counts = synthetic.generate(FLAGS.output_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.seed,
-                                FLAGS.motion, FLAGS.examples_per_shard, FLAGS.workers, progress)
+    try:
+        counts = synthetic.generate(FLAGS.output_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.seed,
+                                    FLAGS.motion, FLAGS.examples_per_shard, FLAGS.workers,
+                                    progress)
+    except BaseException:
+        if bars:
+            print(flush=True)  # end the bar's line: an error (a full disk) starts its own
+        raise
     print(f"wrote {counts} records to {FLAGS.output_dir}")
 
 

@@ -93,11 +93,13 @@ class TerminalProgress:
     def __init__(self, stream=sys.stdout):
         self.stream = stream
         self.last = 0.0
+        self.live = False  # the last thing written is the live line, not ended
 
     def __call__(self, info):
         if "event" in info:
             self.stream.write("\n" + self._event(info) + "\n")
             self.stream.flush()
+            self.live = False
             return
         now = time.time()
         if now - self.last < 0.5:
@@ -108,6 +110,14 @@ class TerminalProgress:
                           f"{info['images_per_sec']:6.1f} img/s  lr {info['learning_rate']:.2e}  "
                           f"ETA {eta}   ")
         self.stream.flush()
+        self.live = True
+
+    def end_line(self):
+        """Ends the live line, so that what comes next (an error) starts a line."""
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.live = False
 
     @staticmethod
     def _event(info):
@@ -134,18 +144,21 @@ class TerminalProgress:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    progress = TerminalProgress()
     try:
         config = config_from_flags()
         if config.mixed_precision == "mixed_bfloat16" and hardware.bf16_is_emulated():
             print("note: no GPU and no avx512_bf16/amx_bf16 instructions on this CPU: "
                   "mixed_bfloat16 is emulated here and trains at ~0.4x fp32 (README).")
-        result = training.train(config, dry_run=FLAGS.dry_run, progress=TerminalProgress())
+        result = training.train(config, dry_run=FLAGS.dry_run, progress=progress)
     except (ValueError, training.TrainingDivergedError) as e:
         hint = ""
         if "no files match" in str(e):
             hint = ("\nConvert the dataset first (tools/convert_h36m.py, convert_mpii.py, "
                     "convert_humaneva.py) or point --train_pattern at existing records.")
         raise SystemExit(f"error: {e}{hint}")
+    finally:
+        progress.end_line()
     if FLAGS.dry_run:
         print(result["summary"])
         print(f"parameters: {result['params']:,}")

@@ -28,6 +28,7 @@ truncated files other tools leave (an interrupted copy or download).
 """
 
 import concurrent.futures
+import contextlib
 import glob
 import os
 import struct
@@ -191,6 +192,16 @@ def check_complete(paths, workers=8):
     return dict(zip(paths, counts))
 
 
+@contextlib.contextmanager
+def _naming_write_errors(shard):
+    """TensorFlow's write errors (a full disk: ResourceExhaustedError) as an OSError
+    naming the shard, which the tools print as one line."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        raise OSError(f"cannot write {shard}: {_files.error_message(e)}") from e
+
+
 def shard_name(output_dir, prefix, index):
     return os.path.join(output_dir, f"{prefix}-{index:05d}.tfrecord")
 
@@ -261,13 +272,15 @@ class ShardedWriter:
             self._writer = tf.io.TFRecordWriter(self._tmp)
         # deterministic: map fields would otherwise serialise in a per-process order
         data = example if isinstance(example, bytes) else example.SerializeToString(deterministic=True)
-        self._writer.write(data)
+        with _naming_write_errors(final):
+            self._writer.write(data)
         self.count += 1
         if self.count % self.examples_per_shard == 0:
             self._finish_shard(final)
 
     def _finish_shard(self, final):
-        self._writer.close()
+        with _naming_write_errors(final):
+            self._writer.close()
         os.replace(self._tmp, final)
         self.shards.append(final)
         self._writer = None
@@ -280,7 +293,10 @@ class ShardedWriter:
 
     def abort(self):
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except tf.errors.OpError:
+                pass  # what failed the write (a full disk) may fail the close as well
             os.remove(self._tmp)
             self._writer = None
 
