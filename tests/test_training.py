@@ -538,3 +538,18 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temporary
     # written before the first step, so the run's checkpoints (had any been written) load by name
     assert training.load_config(str(run)) == _config(data_dir, run, train_steps=3,
                                                      image_summary_every=0, val_pattern="")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_events_that_cannot_be_written_are_one_line(data_dir, tmp_path):
+    """The TensorBoard events file filling the disk (before: a FlushSummaryWriter traceback)."""
+    run = tmp_path / "run"
+    proc = _run_tool(_tool_args(data_dir, run, train_steps=500, checkpoint_every=1000,
+                                image_summary_every=1, val_pattern=f"{data_dir}/val-*",
+                                val_every=1000),
+                     preexec_fn=lambda: set_file_size_limit(60_000))
+    out, _ = proc.communicate(timeout=300)
+    lines = out.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert lines[-1].startswith(f"error: cannot write TensorBoard events into {run / 'train'} (")
+    assert "File too large" in lines[-1] and "[Op:" not in lines[-1], lines[-1]

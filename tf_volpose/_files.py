@@ -17,11 +17,12 @@ import tensorflow as tf
 
 
 def error_message(error):
-    """The message of a TensorFlow ``OpError`` without the op wrapping an eager call
-    adds (``{{function_node __wrapped__SaveV2...}} ... [Op:SaveV2]``)."""
+    """The message of a TensorFlow ``OpError`` on one line, without the op wrapping
+    an eager call adds (``{{function_node __wrapped__SaveV2...}} ... [Op:SaveV2]``)."""
     message = getattr(error, "message", None) or str(error)
-    return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]( name: \S*)?$", "",
-                  message.strip())
+    message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\](\s*name:\s*\S*)?$", "",
+                  message)
 
 
 def is_url(path):

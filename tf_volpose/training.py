@@ -16,6 +16,7 @@ under a temporary name and renames it, so a SIGKILL loses at most one
 interval and never leaves one that fails to restore.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -610,10 +611,23 @@ def _train(config, dry_run, report):
     def predict(images):
         return model(images, training=False)
 
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if chief \
-        else tf.summary.create_noop_writer()
+    logdir = os.path.join(config.model_dir, "train")
+    writer = tf.summary.create_file_writer(logdir) if chief else tf.summary.create_noop_writer()
+
+    @contextlib.contextmanager
+    def writing_summaries(at_step=None):
+        """The writer as default; its write errors (a full disk) as an OSError."""
+        try:
+            with writer.as_default(step=at_step):
+                yield
+        except tf.errors.OpError as e:
+            if logdir not in str(e):
+                raise  # not the events file's
+            raise OSError(f"cannot write TensorBoard events into {logdir} "
+                          f"({_files.error_message(e)}); {_kept_checkpoint(manager)}") from e
+
     if chief and start_step == 0:
-        with writer.as_default():
+        with writing_summaries():
             summaries.write_hparams(config)
 
     def write_image_summaries():
@@ -642,7 +656,7 @@ def _train(config, dry_run, report):
         entry = {"step": at_step, "mpjpe_voxels": float(np.concatenate(voxel_err).mean()),
                  "mpjpe_mm": float(np.concatenate(mm_err).mean()) if mm_err else None,
                  "examples": int(sum(len(v) for v in voxel_err))}
-        with writer.as_default(step=at_step):
+        with writing_summaries(at_step):
             summaries.write_validation(entry)
             if config.image_summary_every:
                 write_image_summaries()
@@ -677,13 +691,13 @@ def _train(config, dry_run, report):
                     "eta_sec": (config.train_steps - current) / max(rate, 1e-9),
                     "learning_rate": float(_current_lr(optimizer))})
             if current % config.summary_every == 0:
-                with writer.as_default(step=current):
+                with writing_summaries(current):
                     summaries.write_step_scalars(loss_value, stack_losses, _current_lr(optimizer),
                                                  rate, config.batch_size)
                 window_start, window_step = now, current
             if config.image_summary_every and current % config.image_summary_every == 0 and chief \
                     and val_batches and not (config.val_every and current % config.val_every == 0):
-                with writer.as_default(step=current):
+                with writing_summaries(current):
                     write_image_summaries()
             if current % config.checkpoint_every == 0:
                 result["checkpoint"] = save_checkpoint(manager, current)
@@ -704,7 +718,8 @@ def _train(config, dry_run, report):
         report({"event": "interrupted", "signal": result["interrupted"], "step": final})
     elif chief and final > start_step:
         validate(final)
-    writer.flush()
+    with writing_summaries():
+        writer.flush()
     if not chief:
         try:  # its checkpoints only took part in the chief's saves
             tf.io.gfile.rmtree(directory)
@@ -728,12 +743,16 @@ def save_checkpoint(manager, number):
         directory = manager.directory
         for temp in tf.io.gfile.glob(os.path.join(directory, f"*-{number}_temp")):
             tf.io.gfile.rmtree(temp)
-        why = _files.error_message(e)
-        latest = manager.latest_checkpoint
-        kept = (f"the last complete checkpoint, {latest}, is kept: free space (or fix access) "
-                f"and run again to resume from it" if latest else
-                "no earlier checkpoint was written: free space (or fix access) and run again")
-        raise OSError(f"cannot write checkpoint {number} into {directory} ({why}); {kept}") from e
+        raise OSError(f"cannot write checkpoint {number} into {directory} "
+                      f"({_files.error_message(e)}); {_kept_checkpoint(manager)}") from e
+
+
+def _kept_checkpoint(manager):
+    latest = manager.latest_checkpoint
+    if latest:
+        return (f"the last complete checkpoint, {latest}, is kept: free space (or fix access) "
+                f"and run again to resume from it")
+    return "no earlier checkpoint was written: free space (or fix access) and run again"
 
 
 def weights_digest(model, trainable_only=True):
