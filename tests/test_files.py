@@ -1,4 +1,5 @@
 import os
+import signal
 import threading
 import time
 
@@ -6,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tf_volpose import _files
+from tests.conftest import file_size_limit
 
 
 def test_two_writers_of_one_file_at_once_both_succeed(tmp_path, monkeypatch):
@@ -100,3 +102,15 @@ def test_error_message_drops_the_eager_op_wrapping(tmp_path):
     assert "{{function_node" in raised.value.message and "[Op:ReadFile]" in raised.value.message
     assert _files.error_message(raised.value) == f"{missing}; No such file or directory"
     assert _files.error_message(OSError("plain")) == "plain"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_a_write_that_fails_names_the_file_and_keeps_the_old_one(tmp_path):
+    """A full disk (EFBIG by a file size limit here) failed with "[Errno 28] No space
+    left on device", naming no file."""
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    with pytest.raises(OSError, match=f"File too large: '{path}'"):
+        with file_size_limit(10):
+            _files.write_text_atomically(str(path), "x" * 100)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]

@@ -75,22 +75,26 @@ def write_text_atomically(path, text):
     if is_url(path):
         directory, name = path.rsplit("/", 1)
         tmp = f"{directory}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        tf.io.gfile.makedirs(directory)
         try:
+            tf.io.gfile.makedirs(directory)
             with tf.io.gfile.GFile(tmp, "w") as f:
                 f.write(text)
             tf.io.gfile.rename(tmp, path, overwrite=True)
+        except tf.errors.OpError as e:
+            raise OSError(f"cannot write {path}: {error_message(e)}") from e
         finally:
             if tf.io.gfile.exists(tmp):
                 tf.io.gfile.remove(tmp)
         return path
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    os.makedirs(directory, exist_ok=True)
     try:
+        os.makedirs(directory, exist_ok=True)
         with open(tmp, "x") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:  # a failed write's error names no file ("No space left on device")
+        raise type(e)(e.errno, e.strerror, path) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -311,8 +311,8 @@ def _publish(tmp, export_base, version, chosen, info, attempts=10):
     """
     for _ in range(attempts):
         final = os.path.join(export_base, str(version))
-        with open(os.path.join(tmp, "assets.extra", INFO_FILE), "w") as f:
-            json.dump({"version": version, **info}, f, indent=1)
+        _files.write_text_atomically(os.path.join(tmp, "assets.extra", INFO_FILE),
+                                     json.dumps({"version": version, **info}, indent=1))
         try:
             os.rename(tmp, final)  # atomic; fails onto a non-empty directory
             return final
