@@ -75,6 +75,17 @@ def copy_to_file_system(url_dir, paths):
     return copies
 
 
+def damage_data_of_record(source, target, index):
+    """Copies a record file, flipping a byte in the data of record ``index``: the framing
+    stays intact, the record fails its data checksum."""
+    data = bytearray(source.read_bytes())
+    offset = 0
+    for _ in range(index):
+        offset += 16 + int.from_bytes(data[offset:offset + 8], "little")
+    data[offset + 12 + 5] ^= 0xFF
+    target.write_bytes(bytes(data))
+
+
 def set_file_size_limit(nbytes):
     """Writes past ``nbytes`` in one file fail with EFBIG ("File too large"), as writes on
     a full disk fail with ENOSPC, without a disk to fill (SIGXFSZ ignored, so the write

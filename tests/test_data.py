@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tf_volpose import camera, crop, skeleton
 from tf_volpose.data import augment, pipeline, records, synthetic
-from tests.conftest import file_size_limit, write_undecodable_records
+from tests.conftest import damage_data_of_record, file_size_limit, write_undecodable_records
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +168,55 @@ def test_count_records_reads_the_framing_and_names_a_truncated_file(tmp_path):
         records.count_records(str(tmp_path / "notes.txt"))
 
 
+def test_record_headers_are_checked_against_their_checksum(tmp_path):
+    # the CRC-32C check value of "123456789" is 0xE3069283 (RFC 3720), masked as TFRecord
+    # framing stores it: rotated right by 15 bits, plus 0xA282EAD8
+    assert records.masked_crc32c(b"123456789") == 0xC78AB0E5
+    payloads = [b"", b"x" * 7, os.urandom(300)]
+    path = tmp_path / "three.tfrecord"
+    _write_records(path, payloads)
+    data = path.read_bytes()
+    assert data[8:12] == records.masked_crc32c(data[:8]).to_bytes(4, "little")  # TF's writer
+    # a download preallocated with zeros and cut short: zero headers frame 16-byte records,
+    # so the file used to count 3 + 4 records; TensorFlow's reader stops at the first
+    (tmp_path / "zeros.tfrecord").write_bytes(data + bytes(64))
+    with pytest.raises(ValueError, match=rf"zeros.tfrecord: record 3 at byte {len(data)} has a "
+                                         rf"header that fails its checksum: .*; 3 complete"):
+        records.count_records(str(tmp_path / "zeros.tfrecord"))
+    assert sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / "zeros.tfrecord"))
+               .ignore_errors()) == 3
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_pipeline_names_a_file_whose_reading_ends_at_a_damaged_record(synthetic_dir, tmp_path,
+                                                                      capfd, strict):
+    """TensorFlow's reader ends a file at a record whose data fails its checksum: before, the
+    rest of the file was skipped with a warning naming no file (hidden by the tools' log
+    level), or, strict, a DataLossError naming no file."""
+    source = synthetic_dir / "val-00000.tfrecord"
+    total = records.count_records(str(source))
+    damage_data_of_record(source, tmp_path / "val-00000.tfrecord", 3)
+    dataset = pipeline.make_dataset(str(tmp_path / "val-*"), training=False, batch_size=1,
+                                    input_size=64, xy_res=16, strict=strict)
+    message = (f"ERROR: record] [3] [of] [{tmp_path}/val-00000.tfrecord] [is damaged" if strict
+               else f'record 3 of "{tmp_path}/val-00000.tfrecord" is damaged')
+    if strict:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+            list(dataset)
+        return
+    assert sum(1 for _ in dataset) == 3
+    stderr = capfd.readouterr().err
+    assert f"WARNING: {message} (its data fails the checksum: copy the file again); " \
+           f"TensorFlow's reader skips the rest of the file: {total - 3} of {total} records " \
+           f"not read" in stderr, stderr[-2000:]
+    # an intact file, or one read only in part (records_per_file), warns of nothing
+    list(pipeline.make_dataset(str(source), training=False, batch_size=8, input_size=64,
+                               xy_res=16))
+    list(pipeline.make_dataset(str(tmp_path / "val-*"), training=False, batch_size=1,
+                               input_size=64, xy_res=16, records_per_file=3))
+    assert "damaged" not in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("strict", [False, True])
 def test_pipeline_names_a_truncated_shard_before_reading(synthetic_dir, tmp_path, strict):
     # TensorFlow's reader would end the file early (a warning naming no file) or,
@@ -179,9 +228,10 @@ def test_pipeline_names_a_truncated_shard_before_reading(synthetic_dir, tmp_path
                                          r"truncated.*9 complete records"):
         pipeline.make_dataset(str(tmp_path / "train-*"), training=True, batch_size=2,
                               input_size=64, strict=strict)
-    # a caller that checked the files itself (training) builds without the check
+    # a caller that counted the files itself (training) builds without the check
     pipeline.make_dataset(str(tmp_path / "train-*"), training=True, batch_size=2,
-                          input_size=64, strict=strict, check_files=False)
+                          input_size=64, strict=strict,
+                          counts={str(p): None for p in sorted(tmp_path.glob("train-*"))})
 
 
 def test_yields_an_example_tells_records_that_never_decode(synthetic_dir, tmp_path):

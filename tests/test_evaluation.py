@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tf_volpose import camera, crop, evaluation, metrics, skeleton, training, volume
 from tf_volpose.data import synthetic
-from tests.conftest import REPO, box_around, copy_to_file_system, random_pose
+from tests.conftest import REPO, box_around, copy_to_file_system, damage_data_of_record, random_pose
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +273,11 @@ def test_bone_lengths_and_reports_beside_records_on_a_tensorflow_file_system(dat
     same, _ = evaluation.evaluate(config, options, output_dir=str(tmp_path / "eval"),
                                   file_pattern=str(data_dir / "val-*"))
     assert same["mpjpe_mm"] == result["mpjpe_mm"]
+
+
+def test_bone_lengths_name_a_damaged_record(data_dir, tmp_path):
+    """Before: a DataLossError traceback naming no file."""
+    damage_data_of_record(data_dir / "train-00000.tfrecord", tmp_path / "train-00000.tfrecord", 3)
+    with pytest.raises(ValueError, match=f"{tmp_path}/train-00000.tfrecord: record 3 is damaged "
+                                         f"\\(corrupted record at \\d+\\): copy the file again"):
+        evaluation.compute_bone_lengths(str(tmp_path / "train-*"))

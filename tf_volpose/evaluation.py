@@ -56,10 +56,16 @@ def compute_bone_lengths(file_pattern, joint_set=skeleton.H36M17):
     """Mean bone lengths (mm, ``joint_set.bones`` order) over the records' 3D joints."""
     poses = []
     for path in pipeline.record_files(file_pattern):
-        for raw in tf.data.TFRecordDataset(path):
-            joints = records.parse_example(raw)["joints/3d"].numpy()
-            if joints.shape[0] == joint_set.num_joints and np.isfinite(joints).all():
-                poses.append(joints)
+        read = 0
+        try:
+            for raw in tf.data.TFRecordDataset(path):
+                joints = records.parse_example(raw)["joints/3d"].numpy()
+                if joints.shape[0] == joint_set.num_joints and np.isfinite(joints).all():
+                    poses.append(joints)
+                read += 1
+        except tf.errors.DataLossError as e:  # a record's data fails its checksum
+            raise ValueError(f"{path}: record {read} is damaged ({_files.error_message(e)}): "
+                             f"copy the file again") from e
     if not poses:
         raise ValueError(f"no records with 3D joints match {file_pattern!r}")
     return volume.mean_bone_lengths(np.stack(poses), joint_set), len(poses)

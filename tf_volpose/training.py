@@ -546,9 +546,8 @@ def _train(config, dry_run, report):
         report({"event": "init", "restored": restored, "not_found": not_found})
 
     data_options = pipeline_options(config)
-    # the training files are checked once here, not by each pipeline built on them
-    pipeline.record_files(config.train_pattern)
-    train_options = dict(data_options, check_files=False)
+    # the training files are counted (and checked) once here, not by each pipeline
+    train_options = dict(data_options, counts=pipeline.record_counts(config.train_pattern))
     start_step = int(step.numpy())
 
     def dataset_fn(context):

@@ -19,7 +19,10 @@ JPEG/PNG are skipped with a warning on stderr naming the file and record index
 by ``ignore_errors`` with TF's warning. A truncated record file (an interrupted
 copy) is a ``ValueError`` naming it before anything is read
 (:func:`records.check_complete`): TensorFlow's reader would otherwise end that
-file early, with a warning that names no file, or in strict mode raise one.
+file early, with a warning that names no file, or in strict mode raise one. A
+record whose data fails its checksum still ends its file early; each file's
+yield is counted against its framing, and a file that ends short is named in a
+warning (strict: an error).
 Only the part of a JPEG that the crop needs is decoded (``decode_and_crop_jpeg``).
 """
 
@@ -48,7 +51,6 @@ class PipelineOptions:
     num_shards: int = 1  # input pipelines (workers) sharing the records
     shard_index: int = 0
     records_per_file: int = 0  # read only the first N of each file (0: all): a spread-out sample
-    check_files: bool = True  # records.check_complete first; off where the caller has done it
 
 
 def list_files(file_pattern):
@@ -65,19 +67,27 @@ def list_files(file_pattern):
     return files
 
 
-def record_files(file_pattern):
-    """:func:`list_files`, having checked that none of the local ones is truncated.
+def record_counts(file_pattern):
+    """``{path: records}`` of the files ``file_pattern`` matches, sorted by path,
+    counted from their framing (:func:`records.count_records`), which finds a
+    truncated file before anything reads it.
 
-    Files on object stores (URLs) are not checked: a store shows an object
-    only once it is whole, so an interrupted copy leaves none, and reading a
-    header per record would cost a request per record.
+    Files on object stores (URLs) are not counted (their count is ``None``): a
+    store shows an object only once it is whole, so an interrupted copy leaves
+    none, and reading a header per record would cost a request per record.
 
     Raises:
-      ValueError: no file matches, or one is truncated (:func:`records.check_complete`).
+      ValueError: no file matches, or one is truncated or damaged.
     """
     files = list_files(file_pattern)
-    records.check_complete([f for f in files if not _files.is_url(f)])
-    return files
+    counts = records.check_complete([f for f in files if not _files.is_url(f)])
+    return {f: counts.get(f) for f in files}
+
+
+def record_files(file_pattern):
+    """:func:`list_files`, having checked that none of the local ones is truncated
+    (:func:`record_counts`)."""
+    return list(record_counts(file_pattern))
 
 
 def yields_an_example(file_pattern, **options):
@@ -179,13 +189,19 @@ def preprocess(example, seed, options, training):
     return inputs, targets
 
 
-def make_dataset(file_pattern, *, training, batch_size, **options):
+def make_dataset(file_pattern, *, training, batch_size, counts=None, **options):
     """Builds the input pipeline.
 
     Args:
       file_pattern: glob (or comma-separated globs) of record files.
       training: shuffle, repeat and augment; otherwise one pass, in order.
       batch_size: per-replica batch size (training drops the last partial batch).
+      counts: :func:`record_counts` of ``file_pattern``, where the caller has
+        them (training counts its files once for all its pipelines); default:
+        counted here. A file whose reading ends before its count (a record
+        whose data fails its checksum: TensorFlow's reader skips the rest of
+        the file) is named in a warning on stderr at the end of each pass over
+        it, or, ``strict``, an error.
       **options: fields of :class:`PipelineOptions` (``input_size``, ``depth``,
         ``seed``, ``deterministic``, ``strict``, ``augmentation``, ``skip``, ...).
 
@@ -199,15 +215,49 @@ def make_dataset(file_pattern, *, training, batch_size, **options):
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     opts = PipelineOptions(**options)
     num_joints = skeleton.get_joint_set(opts.joint_set).num_joints
-    files = record_files(file_pattern) if opts.check_files else list_files(file_pattern)
+    counts = record_counts(file_pattern) if counts is None else counts
+    files = list(counts)
+    if not files:
+        raise ValueError(f"no files match file_pattern={file_pattern!r}")
+    expected = [-1 if counts[f] is None else counts[f] for f in files]  # -1: not counted
 
-    def read(path):
-        records_of_file = tf.data.TFRecordDataset(path)
+    def read(path, expected):
+        # A record whose data fails its checksum ends the file (TensorFlow's reader
+        # moves on to the next file), so ignore_errors here ends it quietly and a
+        # marker after the last record tells, naming the file, when records are missing.
+        records_of_file = tf.data.TFRecordDataset(path).ignore_errors()
         if opts.records_per_file:
             records_of_file = records_of_file.take(opts.records_per_file)
-        return records_of_file.enumerate().map(lambda i, r: (path, i, r))
+            expected = tf.minimum(expected, opts.records_per_file)
+        end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.constant(b"")))
+        marked = records_of_file.enumerate().concatenate(end)
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
+        def count(read_so_far, element):
+            index, _ = element
+            return read_so_far + tf.cast(index >= 0, tf.int64), (*element, read_so_far)
+
+        def record_or_check_at_end(index, record, read_so_far):
+            def check():
+                complete = (expected < 0) | (read_so_far >= expected)
+                message = [f"{'ERROR' if opts.strict else 'WARNING'}: record", read_so_far,
+                           "of", path, "is damaged (its data fails the checksum: copy the file "
+                           "again); TensorFlow's reader skips the rest of the file:",
+                           tf.cast(expected, tf.int64) - read_so_far, "of", expected,
+                           "records not read"]
+                if opts.strict:
+                    with tf.control_dependencies([tf.debugging.Assert(complete, message)]):
+                        return tf.constant(False)
+
+                def warn():
+                    tf.print(*message, output_stream=sys.stderr)
+                    return tf.constant(False)
+                return tf.cond(complete, lambda: tf.constant(False), warn)
+            return tf.cond(index >= 0, lambda: tf.constant(True), check)
+
+        checked = marked.scan(tf.constant(0, tf.int64), count).filter(record_or_check_at_end)
+        return checked.map(lambda i, r, _: (path, i, r))
+
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(expected, tf.int64)))
     if training:
         ds = ds.shuffle(len(files), seed=opts.seed)
     # Sequential interleaving is deterministic; the parallel one may reorder.
