@@ -206,7 +206,8 @@ def test_pipeline_names_a_file_whose_reading_ends_at_a_damaged_record(synthetic_
         return
     assert sum(1 for _ in dataset) == 3
     stderr = capfd.readouterr().err
-    assert f"WARNING: {message} (its data fails the checksum: copy the file again); " \
+    assert f"WARNING: {message} (its data fails the checksum, or the file changed " \
+           f"after it was counted: copy it again); " \
            f"TensorFlow's reader skips the rest of the file: {total - 3} of {total} records " \
            f"not read" in stderr, stderr[-2000:]
     # an intact file, or one read only in part (records_per_file), warns of nothing

@@ -240,8 +240,9 @@ def make_dataset(file_pattern, *, training, batch_size, counts=None, **options):
             def check():
                 complete = (expected < 0) | (read_so_far >= expected)
                 message = [f"{'ERROR' if opts.strict else 'WARNING'}: record", read_so_far,
-                           "of", path, "is damaged (its data fails the checksum: copy the file "
-                           "again); TensorFlow's reader skips the rest of the file:",
+                           "of", path, "is damaged (its data fails the checksum, or the file "
+                           "changed after it was counted: copy it again); TensorFlow's "
+                           "reader skips the rest of the file:",
                            tf.cast(expected, tf.int64) - read_so_far, "of", expected,
                            "records not read"]
                 if opts.strict:
