@@ -191,8 +191,8 @@ def test_record_headers_are_checked_against_their_checksum(tmp_path):
 def test_pipeline_names_a_file_whose_reading_ends_at_a_damaged_record(synthetic_dir, tmp_path,
                                                                       capfd, strict):
     """TensorFlow's reader ends a file at a record whose data fails its checksum: before, the
-    rest of the file was skipped with a warning naming no file (hidden by the tools' log
-    level), or, strict, a DataLossError naming no file."""
+    rest of the file was skipped with only TensorFlow's warning, which names no file, or,
+    strict, a DataLossError naming no file."""
     source = synthetic_dir / "val-00000.tfrecord"
     total = records.count_records(str(source))
     damage_data_of_record(source, tmp_path / "val-00000.tfrecord", 3)
@@ -203,6 +203,12 @@ def test_pipeline_names_a_file_whose_reading_ends_at_a_damaged_record(synthetic_
     if strict:
         with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
             list(dataset)
+        # files with no count (on a bucket) stop at TensorFlow's error, as before
+        uncounted = pipeline.make_dataset(
+            str(tmp_path / "val-*"), training=False, batch_size=1, input_size=64, xy_res=16,
+            strict=True, counts={str(tmp_path / "val-00000.tfrecord"): None})
+        with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
+            list(uncounted)
         return
     assert sum(1 for _ in dataset) == 3
     stderr = capfd.readouterr().err

@@ -220,12 +220,17 @@ def make_dataset(file_pattern, *, training, batch_size, counts=None, **options):
     if not files:
         raise ValueError(f"no files match file_pattern={file_pattern!r}")
     expected = [-1 if counts[f] is None else counts[f] for f in files]  # -1: not counted
+    # strict, with files that have no count (URLs), a missing record could not be told:
+    # TensorFlow's DataLossError (naming no file) is left to stop the pass then
+    end_without_error = not (opts.strict and -1 in expected)
 
     def read(path, expected):
         # A record whose data fails its checksum ends the file (TensorFlow's reader
-        # moves on to the next file), so ignore_errors here ends it quietly and a
-        # marker after the last record tells, naming the file, when records are missing.
-        records_of_file = tf.data.TFRecordDataset(path).ignore_errors()
+        # moves on to the next file), so ignore_errors here ends it without an error and
+        # a marker after the last record tells, naming the file, when records are missing.
+        records_of_file = tf.data.TFRecordDataset(path)
+        if end_without_error:  # TensorFlow's own warning (naming no file) is kept
+            records_of_file = records_of_file.ignore_errors(log_warning=True)
         if opts.records_per_file:
             records_of_file = records_of_file.take(opts.records_per_file)
             expected = tf.minimum(expected, opts.records_per_file)
