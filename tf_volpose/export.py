@@ -344,8 +344,8 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
 
     Raises:
       ValueError: ``export_base`` is a URL (``gs://...``): a version appears
-        whole only through a local rename; export locally and copy the version
-        directory under a name TF Serving ignores, then move it (serving/README.md).
+        whole only through a local rename; export locally, then copy it to a
+        bucket with the version pinned (serving/README.md).
     """
     _files.require_local(export_base, "export_base")
     os.makedirs(export_base, exist_ok=True)

@@ -437,13 +437,16 @@ def _ensure_data(config, report):
         files = []
     if not config.synthetic_dir:
         return
-    if files and all(_files.is_url(f) for f in files):
+    directory = (None if _files.is_url(config.synthetic_dir)
+                 else os.path.realpath(config.synthetic_dir))
+
+    def in_synthetic_dir(path):
+        return directory is not None and not _files.is_url(path) and \
+            os.path.commonpath([directory, os.path.realpath(path)]) == directory
+
+    if files and not any(map(in_synthetic_dir, files)):
         return  # real data elsewhere
     _files.require_local(config.synthetic_dir, "synthetic_dir")
-    directory = os.path.realpath(config.synthetic_dir)
-    if files and all(os.path.commonpath([directory, os.path.realpath(f)]) != directory
-                     for f in files):
-        return  # real data elsewhere
     wanted = {"num_train": config.synthetic_train, "num_val": config.synthetic_val,
               "seed": config.seed}
 

@@ -234,21 +234,21 @@ def make_dataset(file_pattern, *, training, batch_size, counts=None, **options):
         if opts.records_per_file:
             records_of_file = records_of_file.take(opts.records_per_file)
             expected = tf.minimum(expected, opts.records_per_file)
-        end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.constant(b"")))
-        marked = records_of_file.enumerate().concatenate(end)
+        end = tf.data.Dataset.from_tensors((tf.constant(b""), True))
+        marked = records_of_file.map(lambda record: (record, False)).concatenate(end)
+        # numbered by a counter: each record gets its index, the end marker the count
+        numbered = marked.scan(tf.constant(0, tf.int64),
+                               lambda n, element: (n + 1, (n, *element)))
 
-        def count(read_so_far, element):
-            index, _ = element
-            return read_so_far + tf.cast(index >= 0, tf.int64), (*element, read_so_far)
-
-        def record_or_check_at_end(index, record, read_so_far):
+        def record_or_check_at_end(index, record, is_end):
             def check():
+                read_so_far = index
                 complete = (expected < 0) | (read_so_far >= expected)
                 message = [f"{'ERROR' if opts.strict else 'WARNING'}: record", read_so_far,
                            "of", path, "is damaged (its data fails the checksum, or the file "
                            "changed after it was counted: copy it again); TensorFlow's "
                            "reader skips the rest of the file:",
-                           tf.cast(expected, tf.int64) - read_so_far, "of", expected,
+                           expected - read_so_far, "of", expected,
                            "records not read"]
                 if opts.strict:
                     with tf.control_dependencies([tf.debugging.Assert(complete, message)]):
@@ -258,10 +258,9 @@ def make_dataset(file_pattern, *, training, batch_size, counts=None, **options):
                     tf.print(*message, output_stream=sys.stderr)
                     return tf.constant(False)
                 return tf.cond(complete, lambda: tf.constant(False), warn)
-            return tf.cond(index >= 0, lambda: tf.constant(True), check)
+            return tf.cond(is_end, check, lambda: tf.constant(True))
 
-        checked = marked.scan(tf.constant(0, tf.int64), count).filter(record_or_check_at_end)
-        return checked.map(lambda i, r, _: (path, i, r))
+        return numbered.filter(record_or_check_at_end).map(lambda i, r, _: (path, i, r))
 
     ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(expected, tf.int64)))
     if training:

@@ -132,7 +132,6 @@ def parse_example(serialized):
     return parsed
 
 
-# A TFRecord is framed as: uint64 little-endian data length, uint32 masked CRC of
 # A record: uint64 length, uint32 masked CRC-32C of the length, the data, uint32
 # masked CRC-32C of the data.
 _HEADER_BYTES, _FOOTER_BYTES = 12, 4
@@ -201,7 +200,7 @@ def count_records(path):
     size = os.path.getsize(path)
     headers, offsets, offset = [], [], 0
 
-    def damaged(count, offset, problem):
+    def damaged(count=None, offset=None, problem=None):
         # a header that fails its checksum comes first: its length framed what follows
         bad = _first_bad_header(headers)
         if bad is not None:
@@ -232,7 +231,7 @@ def count_records(path):
     finally:
         os.close(fd)
     if _first_bad_header(headers) is not None:
-        raise damaged(len(headers), offset, "")
+        raise damaged()  # the framing held, a header's checksum did not
     return len(headers)
 
 
