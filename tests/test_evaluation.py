@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_volpose import camera, crop, evaluation, metrics, skeleton, training, volume
+from tf_volpose import bone_lengths, camera, crop, evaluation, metrics, skeleton, training, volume
 from tf_volpose.data import synthetic
-from tests.conftest import REPO, box_around, copy_to_file_system, damage_data_of_record, random_pose
+from tests.conftest import REPO, box_around, copy_to_file_system, random_pose
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,9 @@ def test_oracle_floor_continuous_and_argmax(data_dir, tmp_path):
 def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
     config = _config(data_dir, tmp_path)
     training.train(config)
-    evaluation.write_bone_lengths(config.train_pattern)
+    bone_lengths.write(config.train_pattern)
     calibrated, scale = evaluation.write_model_bone_lengths(config, str(tmp_path))
-    assert calibrated == str(tmp_path / evaluation.MODEL_BONE_LENGTHS_FILE)
+    assert calibrated == str(tmp_path / bone_lengths.MODEL_FILE)
     data = json.load(open(calibrated))
     assert data["source"] == "model" and data["poses"] == 12 and data["scale"] == scale
     assert data["checkpoint"].startswith(str(tmp_path)) and data["decode"] == config.decode
@@ -103,8 +103,8 @@ def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=REPO,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert out.returncode == 0 and f"wrote {tmp_path / 'cli.json'}" in out.stdout, out.stderr[-2000:]
-    np.testing.assert_allclose(evaluation.load_bone_lengths(str(tmp_path / "cli.json")),
-                               evaluation.load_bone_lengths(calibrated), rtol=1e-5)
+    np.testing.assert_allclose(bone_lengths.load(str(tmp_path / "cli.json")),
+                               bone_lengths.load(calibrated), rtol=1e-5)
     # the eval tool, fitting root depths without --bone_lengths, points at the run's file
     out = subprocess.run([sys.executable, str(REPO / "tools" / "eval.py"),
                           f"--checkpoint={tmp_path}", "--root_depth=bone_lengths",
@@ -156,10 +156,10 @@ def test_bone_lengths_calibrated_to_a_model_that_shortens_limbs(rng):
     np.testing.assert_allclose(ratio[limbs] / scale, 0.7, atol=0.02)
     assert poses == 100 and 0.95 < scale < 1.15
 
-    def depth_ratio(predictions, bone_lengths):  # fitted / true root depth, median
+    def depth_ratio(predictions, lengths):  # fitted / true root depth, median
         fitted = volume.estimate_root_depth_tf(
             predictions["pred_voxels"], predictions["K"], predictions["center"],
-            predictions["scale"], bone_lengths, grid).numpy()
+            predictions["scale"], lengths, grid).numpy()
         return np.median(fitted / predictions["root_depth_mm"])
 
     # on other poses: the true lengths put the short-limbed skeletons ~24% too far
@@ -259,12 +259,12 @@ def test_bone_lengths_and_reports_beside_records_on_a_tensorflow_file_system(dat
     bucket = f"ram://{tmp_path.name}"
     copy_to_file_system(bucket, sorted(data_dir.glob("*.tfrecord")))
     pattern = f"{bucket}/train-*"
-    written = evaluation.write_bone_lengths(pattern, joint_set=skeleton.H36M17)
-    assert written == f"{bucket}/{evaluation.BONE_LENGTHS_FILE}"
+    written = bone_lengths.write(pattern, joint_set=skeleton.H36M17)
+    assert written == f"{bucket}/{bone_lengths.FILE}"
     config = _config(data_dir, tmp_path, train_pattern=pattern)
-    assert evaluation.default_bone_lengths_path(config) == written
-    local, _ = evaluation.compute_bone_lengths(str(data_dir / "train-*"))
-    np.testing.assert_allclose(evaluation.load_bone_lengths(written), local, rtol=1e-12)
+    assert bone_lengths.beside_records(config.train_pattern) == written
+    local, _ = bone_lengths.compute(str(data_dir / "train-*"))
+    np.testing.assert_allclose(bone_lengths.load(written), local, rtol=1e-12)
     options = evaluation.EvalOptions(oracle="argmax", decode="argmax")
     result, paths = evaluation.evaluate(config, options, output_dir=f"{bucket}/eval",
                                         file_pattern=f"{bucket}/val-*")
@@ -273,11 +273,3 @@ def test_bone_lengths_and_reports_beside_records_on_a_tensorflow_file_system(dat
     same, _ = evaluation.evaluate(config, options, output_dir=str(tmp_path / "eval"),
                                   file_pattern=str(data_dir / "val-*"))
     assert same["mpjpe_mm"] == result["mpjpe_mm"]
-
-
-def test_bone_lengths_name_a_damaged_record(data_dir, tmp_path):
-    """Before: a DataLossError traceback naming no file."""
-    damage_data_of_record(data_dir / "train-00000.tfrecord", tmp_path / "train-00000.tfrecord", 3)
-    with pytest.raises(ValueError, match=f"{tmp_path}/train-00000.tfrecord: record 3 is damaged "
-                                         f"\\(corrupted record at \\d+\\): copy the file again"):
-        evaluation.compute_bone_lengths(str(tmp_path / "train-*"))

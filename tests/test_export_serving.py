@@ -20,7 +20,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from tf_volpose import evaluation, export, training, volume
+from tf_volpose import bone_lengths, export, training, volume
 from tf_volpose.data import synthetic
 from tf_volpose.models import hourglass
 from tests.conftest import assert_one_line_errors, file_size_limit, jpeg_with_exif_orientation
@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
                                   batch_size=2, train_steps=1, checkpoint_every=1, summary_every=1,
                                   image_summary_every=0, val_every=0)
     result = training.train(config)
-    lengths, _ = evaluation.compute_bone_lengths(config.train_pattern)
+    lengths, _ = bone_lengths.compute(config.train_pattern)
     return config, result["model"], lengths, root
 
 
@@ -613,6 +613,67 @@ def test_predict_tool_writes_the_figure_and_json(trained, tmp_path):
     assert bad.returncode != 0 and "box" in bad.stderr
 
 
+def test_a_run_directory_alone_exports_and_predicts(trained, tmp_path):
+    """Training stores its bone lengths in the run directory, so a run copied where its
+    records are not (another machine; or a relative train_pattern seen from another
+    directory) exports and predicts. Before: "no files match file_pattern='data/...'"."""
+    config, _, lengths, root = trained
+    stored = root / "run" / bone_lengths.FILE
+    np.testing.assert_allclose(bone_lengths.load(str(stored)), lengths, rtol=1e-6)
+    run = tmp_path / "copied_run"
+    shutil.copytree(root / "run", run)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(dict(saved, train_pattern="data/gone/train-*")))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), f"--checkpoint={run}",
+                          f"--export_base={tmp_path / 'volpose'}"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    info = json.load(open(tmp_path / "volpose" / "1" / "assets.extra" / export.INFO_FILE))
+    assert info["bone_lengths_file"] == str(run / bone_lengths.FILE)
+    np.testing.assert_allclose(info["bone_lengths_mm"], lengths, rtol=1e-6)
+    (tmp_path / "volpose" / "2").mkdir()  # a version being copied in: not a SavedModel yet
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(_jpeg(h=120, w=90))
+    results = []
+    for model in (f"--checkpoint={run}", f"--saved_model={tmp_path / 'volpose'}"):
+        figure = tmp_path / model[2:7] / "figure.png"  # a directory to be made
+        out = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"),
+                              f"--image={image}", model, f"--output={figure}",
+                              f"--output_json={figure.with_suffix('.json')}"],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert f"wrote {figure}" in out.stdout and cv2.imread(str(figure)).shape[0] == 400
+        results.append(json.load(open(figure.with_suffix(".json"))))
+    assert (f"using {tmp_path / 'volpose' / '1'}, the newest version under "
+            f"{tmp_path / 'volpose'}") in out.stdout
+    # the same bone lengths, in the graph and out of it: the same root depth
+    assert results[0]["root_depth_mm"] == pytest.approx(results[1]["root_depth_mm"], rel=1e-4)
+
+
+def test_load_export_takes_a_version_or_its_base_and_refuses_other_saved_models(trained,
+                                                                               tmp_path):
+    config, model, lengths, _ = trained
+    base = tmp_path / "volpose"
+    first = export.export_saved_model(model, config, str(base), lengths)
+    second = export.export_saved_model(model, config, str(base), lengths)
+    (base / "10").mkdir()  # incomplete: no saved_model.pb
+    assert export.versions(str(base)) == [1, 2, 10] and export.next_version(str(base)) == 11
+    assert export.version_directory(str(base)) == second
+    assert export.version_directory(first) == first
+    loaded, directory = export.load_export(str(base))
+    assert directory == second and set(loaded.signatures) >= set(export.SIGNATURES)
+    with pytest.raises(ValueError, match="holds no SavedModel .*nor does any numbered version"):
+        export.version_directory(str(tmp_path / "empty"))
+    other = tf.Module()
+    other.double = tf.function(lambda x: 2 * x, input_signature=[tf.TensorSpec([None])])
+    tf.saved_model.save(other, str(tmp_path / "other"), signatures={"double": other.double})
+    with pytest.raises(ValueError, match=r"other is not a tf_volpose export: it lacks the "
+                                         r"signatures \['serving_default', 'with_intrinsics', "
+                                         r"'heatmaps'\] \(it has \['double'\]\)"):
+        export.load_export(str(tmp_path / "other"))
+
+
 def test_predict_tool_sends_an_exif_rotated_photo_upright(trained, tmp_path):
     config, model, lengths, _ = trained
     path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
@@ -724,7 +785,12 @@ def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):
     model = f"--saved_model={tmp_path / 'no_export'}"  # each case must fail before loading it
     cases = _bad_image_box_and_focal_args(tmp_path)
     image = f"--image={tmp_path / 'photo.jpg'}"  # the good image those cases wrote
-    cases += [([image, "--focal=nan,1"], "NaN or Inf")]
+    cases += [([image, "--focal=nan,1"], "NaN or Inf"),
+              # before: the model ran, then cv2.imwrite raised a traceback for an extension
+              # it cannot write
+              ([image, f"--output={tmp_path / 'out.xyz'}"],
+               "OpenCV writes no format with the extension '.xyz'; name it .png or .jpg"),
+              ([image, "--bone_lengths=lengths.json"], "--bone_lengths is for --checkpoint")]
     assert_one_line_errors("tools/predict.py", [([model, *args], message)
                                                  for args, message in cases])
 

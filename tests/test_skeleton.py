@@ -54,6 +54,13 @@ def test_unknown_joint_set_raises():
         skeleton.convert_joints(np.zeros((5, 2)), skeleton.H36M17, skeleton.MPII16)
 
 
+def test_joint_set_with_a_count():
+    assert [skeleton.joint_set_with(n).name for n in (17, 16, 15, 14)] == \
+        ["h36m17", "mpii16", "humaneva15", "kth14"]
+    with pytest.raises(ValueError, match="no joint set has 13 joints"):
+        skeleton.joint_set_with(13)
+
+
 def test_kth_order_and_mapping_from_h36m():
     kth = skeleton.KTH14
     assert kth.joint_names[0] == "r_ankle" and kth.joint_names[13] == "head"

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from tf_volpose import skeleton, training
+from tf_volpose import bone_lengths, skeleton, training
 from tf_volpose.data import pipeline, records, synthetic
 from tests.conftest import (assert_one_line_errors, copy_to_file_system, set_file_size_limit,
                             write_undecodable_records)
@@ -332,8 +332,11 @@ def test_sigkill_leaves_only_restorable_checkpoints(data_dir, tmp_path):
     latest = tf.train.latest_checkpoint(str(tmp_path))
     step = int(latest.rsplit("-", 1)[1])
     assert step >= 4
-    # the killed run describes itself (config.json is written before the first step)
+    # the killed run describes itself (config.json is written before the first step), and
+    # holds the bone lengths of its records (so that it exports without them)
     assert training.load_config(str(tmp_path)).train_steps == 100000
+    np.testing.assert_allclose(bone_lengths.load(str(tmp_path / bone_lengths.FILE)),
+                               bone_lengths.compute(str(data_dir / "train-*"))[0], rtol=1e-6)
     resumed = training.train(_config(data_dir, tmp_path, train_steps=step + 1, val_pattern=""))
     assert resumed["step"] == step + 1
 

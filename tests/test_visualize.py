@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -141,3 +142,24 @@ def test_every_joint_of_the_real_skeletons_gets_its_side_colour(joint_set):
     left, right = joint_set.flip_pairs[0]
     assert visualize.limb_color(joint_set, joint_set.root, left) == LEFT_RGB
     assert visualize.limb_color(joint_set, joint_set.root, right) == RIGHT_RGB
+
+
+def test_write_image_round_trips_makes_its_directory_and_names_what_fails(tmp_path, rng):
+    image = rng.integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    path = tmp_path / "new" / "dir" / "figure.png"
+    assert visualize.write_image(str(path), image) == str(path)
+    np.testing.assert_array_equal(cv2.imread(str(path))[..., ::-1], image)  # lossless, RGB
+    assert [p.name for p in path.parent.iterdir()] == ["figure.png"]  # no temporary left
+    red = np.zeros((16, 16, 3), np.uint8) + np.array(LEFT_RGB, np.uint8)
+    jpeg = visualize.write_image(str(tmp_path / "figure.JPG"), red)  # lossy, RGB too
+    np.testing.assert_allclose(cv2.imread(jpeg)[..., ::-1].mean((0, 1)), LEFT_RGB, atol=3)
+    for name in ("figure.xyz", "figure"):  # before: cv2.imwrite raised cv2.error
+        with pytest.raises(ValueError, match=f"cannot write the image '.*{name}': OpenCV"):
+            visualize.check_image_path(str(tmp_path / name))
+        with pytest.raises(ValueError, match="name it .png or .jpg"):
+            visualize.write_image(str(tmp_path / name), image)
+    (tmp_path / "a_file").write_text("")
+    # before: cv2.imwrite returned False into a directory that cannot exist, and the
+    # predict tool printed "wrote ..."
+    with pytest.raises(OSError, match="a_file"):
+        visualize.write_image(str(tmp_path / "a_file" / "figure.png"), image)

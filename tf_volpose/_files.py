@@ -61,7 +61,13 @@ def require_local(path, what):
 
 def write_text_atomically(path, text):
     """Writes ``text`` to ``path`` (its directory made if missing) through a
-    temporary sibling renamed at the end.
+    temporary sibling renamed at the end: :func:`write_bytes_atomically`."""
+    return write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path, data):
+    """Writes ``data`` to ``path`` (its directory made if missing) through a
+    temporary sibling renamed at the end; returns ``path``.
 
     The temporary name is this process's own (pid and a random part): with a
     fixed name, two processes writing the same file at once (two exports
@@ -77,8 +83,8 @@ def write_text_atomically(path, text):
         tmp = f"{directory}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
         try:
             tf.io.gfile.makedirs(directory)
-            with tf.io.gfile.GFile(tmp, "w") as f:
-                f.write(text)
+            with tf.io.gfile.GFile(tmp, "wb") as f:
+                f.write(data)
             tf.io.gfile.rename(tmp, path, overwrite=True)
         except tf.errors.OpError as e:
             raise OSError(f"cannot write {path}: {error_message(e)}") from e
@@ -90,8 +96,8 @@ def write_text_atomically(path, text):
     tmp = os.path.join(directory, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         os.makedirs(directory, exist_ok=True)
-        with open(tmp, "x") as f:
-            f.write(text)
+        with open(tmp, "xb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except OSError as e:  # a failed write's error names no file ("No space left on device")
         raise type(e)(e.errno, e.strerror, path) from e

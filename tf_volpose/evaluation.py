@@ -6,8 +6,8 @@ argmax) show what the grid and root-depth estimation alone cost.
 
 Root depth: ``gt`` uses the ground-truth root depth; ``bone_lengths`` fits the
 depth whose lifted skeleton best matches the mean training bone lengths
-(``bone_lengths.json`` beside the training records, written by
-``tools/bone_lengths.py``), robust to single wrong joints
+(the run's copy, else ``bone_lengths.json`` beside the training records; see
+:mod:`bone_lengths`), robust to single wrong joints
 (:func:`volume.estimate_root_depth`), or bone lengths calibrated to a trained
 model's own skeletons (:func:`calibrate_bone_lengths`,
 ``tools/bone_lengths.py --checkpoint``).
@@ -20,12 +20,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import _files, camera, losses, metrics, skeleton, training, volume
-from tf_volpose.data import pipeline, records
+from tf_volpose import _files, bone_lengths, camera, losses, metrics, skeleton, training, volume
+from tf_volpose.data import pipeline
 from tf_volpose.models import volumetric
 
-BONE_LENGTHS_FILE = "bone_lengths.json"
-MODEL_BONE_LENGTHS_FILE = "model_bone_lengths.json"  # in the run directory
 ORACLES = ("none", "argmax", "local_softargmax", "quadratic")
 HUMANEVA_ACTIONS = ("Walking", "Jogging")
 
@@ -36,7 +34,8 @@ class EvalOptions:
     flip_test: bool = False
     root_depth: str = "gt"          # gt | bone_lengths
     oracle: str = "none"            # none | argmax | local_softargmax
-    bone_lengths: str = ""          # path of bone_lengths.json (default: beside train records)
+    bone_lengths: str = ""          # a bone lengths JSON (default: the run's, else beside the
+                                    # training records: bone_lengths.for_run)
     max_examples: int = 0           # 0: the whole split
     batch_size: int = 16
 
@@ -50,49 +49,6 @@ class EvalOptions:
 
 
 # ------------------------------------------------------------ bone lengths
-
-
-def compute_bone_lengths(file_pattern, joint_set=skeleton.H36M17):
-    """Mean bone lengths (mm, ``joint_set.bones`` order) over the records' 3D joints."""
-    poses = []
-    for path in pipeline.record_files(file_pattern):
-        read = 0
-        try:
-            for raw in tf.data.TFRecordDataset(path):
-                joints = records.parse_example(raw)["joints/3d"].numpy()
-                if joints.shape[0] == joint_set.num_joints and np.isfinite(joints).all():
-                    poses.append(joints)
-                read += 1
-        except tf.errors.DataLossError as e:  # a record's data fails its checksum
-            raise ValueError(f"{path}: record {read} is damaged ({_files.error_message(e)}): "
-                             f"copy the file again") from e
-    if not poses:
-        raise ValueError(f"no records with 3D joints match {file_pattern!r}")
-    return volume.mean_bone_lengths(np.stack(poses), joint_set), len(poses)
-
-
-def _save_bone_lengths(output, joint_set, lengths, poses, **provenance):
-    """Writes the JSON that :func:`load_bone_lengths` reads, atomically."""
-    return _files.write_text_atomically(output, json.dumps(
-        {"joint_set": joint_set.name, "bones": joint_set.bones,
-         "lengths_mm": [float(v) for v in lengths], "poses": int(poses), **provenance}, indent=1))
-
-
-def write_bone_lengths(file_pattern, output=None, joint_set=skeleton.H36M17):
-    """Stores mean training bone lengths as JSON beside the records; returns the path."""
-    lengths, count = compute_bone_lengths(file_pattern, joint_set)
-    output = output or os.path.join(os.path.dirname(pipeline.list_files(file_pattern)[0]),
-                                    BONE_LENGTHS_FILE)
-    return _save_bone_lengths(output, joint_set, lengths, count, source="records",
-                              records=file_pattern)
-
-
-def write_bone_lengths_if_missing(file_pattern, output, joint_set=skeleton.H36M17):
-    """:func:`write_bone_lengths` into ``output`` unless it exists; whether it wrote."""
-    if _files.exists(output, "bone lengths"):
-        return False
-    write_bone_lengths(file_pattern, output, joint_set)
-    return True
 
 
 def bone_lengths_matching_predictions(predictions, grid, joint_set=skeleton.H36M17):
@@ -172,35 +128,11 @@ def write_model_bone_lengths(config, checkpoint, output=None, file_pattern=None,
     file_pattern, decode = file_pattern or config.train_pattern, decode or config.decode
     lengths, poses, scale = calibrate_bone_lengths(config, model, file_pattern, max_examples,
                                                    decode)
-    output = output or os.path.join(training.run_directory(checkpoint), MODEL_BONE_LENGTHS_FILE)
-    path = _save_bone_lengths(output, skeleton.get_joint_set(config.joint_set), lengths, poses,
+    output = output or os.path.join(training.run_directory(checkpoint), bone_lengths.MODEL_FILE)
+    path = bone_lengths.save(output, skeleton.get_joint_set(config.joint_set), lengths, poses,
                               source="model", checkpoint=source, records=file_pattern,
                               decode=decode, scale=scale)
     return path, scale
-
-
-def model_bone_lengths_path(checkpoint):
-    """The run's calibrated ``model_bone_lengths.json`` if it has one, else ``None``."""
-    path = os.path.join(training.run_directory(checkpoint), MODEL_BONE_LENGTHS_FILE)
-    return path if _files.exists(path, "calibrated bone lengths") else None
-
-
-def load_bone_lengths(path, joint_set=skeleton.H36M17):
-    try:
-        data = json.loads(_files.read_text(path))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read bone lengths {path!r} (write it with "
-                         f"tools/bone_lengths.py): {e}") from e
-    lengths = np.asarray(data.get("lengths_mm", []), dtype=np.float64)
-    if lengths.shape != (len(joint_set.bones),) or not np.all(lengths > 0):
-        raise ValueError(f"{path}: lengths_mm must hold {len(joint_set.bones)} positive numbers "
-                         f"for {joint_set.name}, got {lengths.tolist()}")
-    return lengths
-
-
-def default_bone_lengths_path(config):
-    files = pipeline.list_files(config.train_pattern)
-    return os.path.join(os.path.dirname(files[0]), BONE_LENGTHS_FILE)
 
 
 # ------------------------------------------------------------ predictions
@@ -223,9 +155,14 @@ def _check_flip_test(config, options):
             "mirror would swap the joints the colours identify. Evaluate without flip_test.")
 
 
-def collect_predictions(config, options, model=None, file_pattern=None, records_per_file=0):
+def collect_predictions(config, options, model=None, file_pattern=None, records_per_file=0,
+                        run_dir=None):
     """Runs the model (or the oracle) over a split (or the first ``records_per_file``
     records of each of its files).
+
+    ``run_dir`` (the run's directory) is where ``root_depth="bone_lengths"``
+    looks first for the bone lengths, unless ``options.bone_lengths`` names a
+    file (:func:`bone_lengths.for_run`).
 
     Returns:
       dict of NumPy arrays: ``pred_voxels``, ``gt_voxels`` (F, J, 3);
@@ -240,10 +177,10 @@ def collect_predictions(config, options, model=None, file_pattern=None, records_
     ds = pipeline.make_dataset(file_pattern or config.val_pattern, training=False,
                                batch_size=options.batch_size, records_per_file=records_per_file,
                                **training.pipeline_options(config))
-    bone_lengths = None
+    lengths = None
     if options.root_depth == "bone_lengths":
-        bone_lengths = load_bone_lengths(options.bone_lengths or default_bone_lengths_path(config),
-                                         joint_set)
+        lengths = bone_lengths.for_run(config.train_pattern, run_dir, options.bone_lengths,
+                                       joint_set)[0]
 
     @tf.function
     def run_model(images):
@@ -271,9 +208,9 @@ def collect_predictions(config, options, model=None, file_pattern=None, records_
         else:
             voxels = run_model(inputs["image"])
         K = camera.intrinsics_matrix_tf(targets["focal"], targets["principal"])
-        if bone_lengths is not None:
+        if lengths is not None:
             root = volume.estimate_root_depth_tf(voxels, K, targets["center"], targets["scale"],
-                                                 bone_lengths, grid, joint_set)
+                                                 lengths, grid, joint_set)
         else:
             root = targets["root_depth"]
         has_3d = targets["has_3d"].numpy() > 0
@@ -443,7 +380,8 @@ def evaluate(config, options, checkpoint=None, output_dir=None, file_pattern=Non
         if not checkpoint:
             raise ValueError("checkpoint is required unless oracle is set")
         model, source = load_trained_model(config, checkpoint)
-    predictions = collect_predictions(config, options, model, file_pattern)
+    predictions = collect_predictions(config, options, model, file_pattern,
+                                      run_dir=checkpoint and training.run_directory(checkpoint))
     result = compute_metrics(predictions, skeleton.get_joint_set(config.joint_set))
     result["options"] = dataclasses.asdict(options)
     result["source"] = source

@@ -56,6 +56,7 @@ DEFAULT_FOV_DEG = camera.DEFAULT_FOV_DEG
 WARMUP_FILE = "tf_serving_warmup_requests"
 INFO_FILE = "export_info.json"
 PRECISIONS = ("fp32", "bf16")
+SIGNATURES = ("serving_default", "with_intrinsics", "heatmaps")  # ServingModule methods
 
 
 class ServingModule(tf.Module):
@@ -197,10 +198,49 @@ class ServingModule(tf.Module):
         return {"heatmaps": self._volume(crops)}
 
 
+def versions(export_base):
+    """The numbered version directories under ``export_base`` (local or a URL),
+    ascending, whether complete or not."""
+    names = (os.path.basename(p.rstrip("/"))
+             for p in _files.glob_files(os.path.join(export_base, "*")))
+    return sorted(int(name) for name in names if name.isdigit())
+
+
 def next_version(export_base):
-    versions = [int(os.path.basename(p)) for p in glob.glob(os.path.join(export_base, "*"))
-                if os.path.basename(p).isdigit()]
-    return max(versions, default=0) + 1
+    return max(versions(export_base), default=0) + 1
+
+
+def version_directory(path):
+    """The SavedModel directory ``path`` means: ``path`` itself when it holds a
+    ``saved_model.pb``, else the newest version under it that holds one (``path``
+    is an export base, as TF Serving's ``--model_base_path`` reads it)."""
+    if _files.exists(os.path.join(path, "saved_model.pb"), "SavedModel"):
+        return path
+    for version in reversed(versions(path)):
+        candidate = os.path.join(path, str(version))
+        if _files.exists(os.path.join(candidate, "saved_model.pb"), "SavedModel"):
+            return candidate
+    raise ValueError(f"{path!r} holds no SavedModel (saved_model.pb), nor does any numbered "
+                     f"version directory under it: give an export version such as "
+                     f"exports/volpose/1, or its export base")
+
+
+def load_export(path):
+    """Loads a tf_volpose export: ``(the loaded SavedModel, its directory)``.
+
+    ``path`` is a version directory or an export base (the newest version:
+    :func:`version_directory`). Keep the loaded object while its signatures
+    (``loaded.signatures[name]``) are in use. A SavedModel without this
+    module's signatures is a ValueError naming the ones it has.
+    """
+    directory = version_directory(path)
+    loaded = tf.saved_model.load(directory)
+    missing = [name for name in SIGNATURES if name not in loaded.signatures]
+    if missing:
+        raise ValueError(f"{directory} is not a tf_volpose export: it lacks the signatures "
+                         f"{missing} (it has {sorted(loaded.signatures)}); export one with "
+                         f"tools/export.py")
+    return loaded, directory
 
 
 def warmup_image(size=64):
@@ -360,8 +400,7 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
         raise ValueError(f"export version {final} already exists; choose another --version")
     module = ServingModule(build_for_precision(model, config, precision), config, bone_lengths,
                            decode, fov_deg)
-    signatures = {"serving_default": module.serving_default,
-                  "with_intrinsics": module.with_intrinsics, "heatmaps": module.heatmaps}
+    signatures = {name: getattr(module, name) for name in SIGNATURES}
     tmp = os.path.join(export_base, _temporary_name(version))
     try:
         try:

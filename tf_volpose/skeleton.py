@@ -187,8 +187,17 @@ KTH14 = _joint_set(
 JOINT_SETS = {s.name: s for s in (H36M17, MPII16, HUMANEVA15, KTH14)}
 
 
+def joint_set_with(num_joints: int) -> JointSet:
+    """The joint set of ``num_joints`` joints (each set has its own count)."""
+    for joint_set in JOINT_SETS.values():
+        if joint_set.num_joints == num_joints:
+            return joint_set
+    raise ValueError(f"no joint set has {num_joints} joints; the sets are "
+                     f"{ {s.name: s.num_joints for s in JOINT_SETS.values()} }")
+
+
 def get_joint_set(name: str) -> JointSet:
-    """Looks up a joint set by name (``h36m17``, ``mpii16``, ``humaneva15``)."""
+    """Looks up a joint set by name (``h36m17``, ``mpii16``, ``humaneva15``, ``kth14``)."""
     try:
         return JOINT_SETS[name]
     except KeyError:

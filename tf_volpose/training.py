@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import _files, camera, losses, skeleton, summaries, volume
+from tf_volpose import _files, bone_lengths, camera, losses, skeleton, summaries, volume
 from tf_volpose.data import augment, pipeline, synthetic
 from tf_volpose.models import decoupled, hourglass, regression, volumetric
 
@@ -587,6 +587,9 @@ def _train(config, dry_run, report):
     if chief:  # before the first step: a run killed at any point can be evaluated and exported
         _files.write_text_atomically(os.path.join(config.model_dir, "config.json"),
                                      config.to_json())
+        # the run directory alone then exports and predicts, without the training records
+        bone_lengths.store_in_run(config.train_pattern, config.model_dir,
+                                  skeleton.get_joint_set(config.joint_set))
 
     forward = TrainingForward(config, model)
 

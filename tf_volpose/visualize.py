@@ -3,10 +3,12 @@
 Colours (the paper's Figure 4): left joints/limbs red, right green, centre blue.
 """
 
+import os
+
 import cv2
 import numpy as np
 
-from tf_volpose import camera, skeleton
+from tf_volpose import _files, camera, skeleton
 
 LEFT_RGB = (230, 40, 40)
 RIGHT_RGB = (40, 200, 40)
@@ -172,3 +174,26 @@ def pose_figure(image, joints_2d, joints_3d, joint_set=skeleton.H36M17, height=4
     novel = render_skeleton_3d(joints_3d, joint_set, height, *novel_view)
     gap = np.full((height, 6, 3), 255, np.uint8)
     return np.concatenate([panel_2d, gap, front, gap, novel], axis=1)
+
+
+def check_image_path(path):
+    """Raises a ValueError when OpenCV cannot write an image named ``path`` (its
+    extension names no format it encodes), before anything is computed for it."""
+    if not cv2.haveImageWriter(os.fspath(path)):
+        raise ValueError(f"cannot write the image {os.fspath(path)!r}: OpenCV writes no format "
+                         f"with the extension {os.path.splitext(path)[1] or '(none)'!r}; "
+                         f"name it .png or .jpg")
+
+
+def write_image(path, image):
+    """Writes an RGB image ``(H, W, 3)`` in the format its extension names (PNG,
+    JPEG, ...), atomically, its directory made if missing; returns ``path``.
+
+    ``cv2.imwrite`` reports a failed write (a missing directory, a full disk)
+    only by returning ``False``; this raises an OSError naming the file.
+    """
+    check_image_path(path)
+    ok, data = cv2.imencode(os.path.splitext(path)[1], to_uint8(image)[..., ::-1])
+    if not ok:
+        raise OSError(f"OpenCV could not encode {os.fspath(path)!r}")
+    return _files.write_bytes_atomically(path, data.tobytes())

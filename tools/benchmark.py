@@ -19,7 +19,7 @@ import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this s
 import numpy as np
 from absl import app, flags
 
-from tf_volpose import benchmark, evaluation, export, skeleton, training
+from tf_volpose import benchmark, bone_lengths, evaluation, export, skeleton, training
 
 FLAGS = flags.FLAGS
 SECTIONS = ("model", "loss", "decode", "pipeline", "serving", "export")
@@ -120,18 +120,18 @@ def main(argv):
         if FLAGS.checkpoint:
             run_config = training.load_config(training.run_directory(FLAGS.checkpoint))
             model, _ = evaluation.load_trained_model(run_config, FLAGS.checkpoint)
-            bone_lengths = evaluation.load_bone_lengths(
-                evaluation.default_bone_lengths_path(run_config),
-                skeleton.get_joint_set(run_config.joint_set))
+            lengths = bone_lengths.for_run(
+                run_config.train_pattern, training.run_directory(FLAGS.checkpoint),
+                joint_set=skeleton.get_joint_set(run_config.joint_set))[0]
         elif FLAGS.val_pattern:  # the benchmarked model, untrained: its speed only
             run_config, model = config, training.build_model(config)
-            bone_lengths = _placeholder_bone_lengths(config)
+            lengths = _placeholder_bone_lengths(config)
         else:
             raise app.UsageError("--sections=export needs --checkpoint (a trained run) or "
                                  "--val_pattern (records; the benchmarked model is then "
                                  "exported untrained, for speed only)")
         section = benchmark.export_precision_speed(
-            model, run_config, bone_lengths, FLAGS.val_pattern or run_config.val_pattern,
+            model, run_config, lengths, FLAGS.val_pattern or run_config.val_pattern,
             FLAGS.batch_size, FLAGS.export_images)
         section["trained"] = bool(FLAGS.checkpoint)
         results["export"] = section

@@ -4,8 +4,9 @@
     python tools/bone_lengths.py --checkpoint=runs/h36m [--max_examples=1000]
         # -> runs/h36m/model_bone_lengths.json, calibrated to the model's own skeletons
 
-Without --checkpoint: the mean bone lengths of the records' 3D skeletons (what
-tools/eval.py and tools/export.py use by default). With --checkpoint: the model
+Without --checkpoint: the mean bone lengths of the records' 3D skeletons (training
+copies them into its run directory, and tools/eval.py, tools/export.py and
+tools/predict.py use that copy by default). With --checkpoint: the model
 runs over its training records (--train_pattern to choose others) and the file
 holds the lengths its decoded skeletons have at the true root depth, scaled so
 that the fit is unbiased there; pass it as --bone_lengths to tools/export.py and
@@ -17,7 +18,7 @@ import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this s
 from absl import app, flags
 
 import train as train_tool
-from tf_volpose import evaluation, skeleton
+from tf_volpose import bone_lengths, evaluation, skeleton
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "", "Calibrate to this trained run (checkpoint file or "
@@ -40,8 +41,8 @@ def main(argv):
     if not config.train_pattern:
         raise ValueError("give --train_pattern (records to average) or --checkpoint (a run to "
                          "calibrate to)")
-    path = evaluation.write_bone_lengths(config.train_pattern, FLAGS.output,
-                                         skeleton.get_joint_set(config.joint_set))
+    path = bone_lengths.write(config.train_pattern, FLAGS.output,
+                              skeleton.get_joint_set(config.joint_set))
     print(f"wrote {path}")
 
 

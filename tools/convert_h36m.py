@@ -14,7 +14,7 @@ import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this s
 import keras
 from absl import flags
 
-from tf_volpose import evaluation
+from tf_volpose import bone_lengths
 from tf_volpose.data import h36m
 
 FLAGS = flags.FLAGS
@@ -40,7 +40,7 @@ def main(argv):
     print(f"records written: {summary['written']}")
     print(f"frames skipped: {summary['skipped'] or 'none'}")
     if summary["written"].get("train"):
-        path = evaluation.write_bone_lengths(os.path.join(FLAGS.output_dir, "train-*"))
+        path = bone_lengths.write(os.path.join(FLAGS.output_dir, "train-*"))
         print(f"wrote {path}")
 
 

@@ -10,7 +10,7 @@ import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this s
 
 from absl import flags
 
-from tf_volpose import evaluation, skeleton
+from tf_volpose import bone_lengths, skeleton
 from tf_volpose.data import humaneva
 from tf_volpose.data.h36m import ConversionError
 
@@ -34,7 +34,7 @@ def main(argv):
                                FLAGS.frames_pattern, FLAGS.strict, progress=progress)
     print(f"records written: {summary['written']}; skipped: {summary['skipped'] or 'none'}")
     if summary["written"].get("train"):
-        print("wrote " + evaluation.write_bone_lengths(os.path.join(FLAGS.output_dir, "train-*"),
+        print("wrote " + bone_lengths.write(os.path.join(FLAGS.output_dir, "train-*"),
                                                        joint_set=skeleton.HUMANEVA15))
 
 

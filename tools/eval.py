@@ -28,8 +28,8 @@ flags.DEFINE_string("output_dir", None, "Where to write (default: the checkpoint
 flags.DEFINE_bool("flip_test", False, "Average the volume of the image and its mirror.")
 flags.DEFINE_enum("root_depth", "gt", ["gt", "bone_lengths"], "Absolute root depth source.")
 flags.DEFINE_string("bone_lengths", "", "Bone lengths JSON for --root_depth=bone_lengths (default: "
-                    "bone_lengths.json beside the training records; tools/bone_lengths.py "
-                    "--checkpoint writes one calibrated to the model).")
+                    "the run's bone_lengths.json, else the one beside the training records; "
+                    "tools/bone_lengths.py --checkpoint writes one calibrated to the model).")
 flags.DEFINE_enum("oracle", "none", list(evaluation.ORACLES), "Feed ground truth instead of a model.")
 flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many records (0: all).")
 

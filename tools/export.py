@@ -4,10 +4,11 @@
         [--precision=fp32|bf16] [--flagfile=CFG]
 
 The model is the run's config.json (flags given explicitly or in a --flagfile
-override its fields). Root depth fits the mean training bone lengths
-(bone_lengths.json beside the training records; written on the fly if missing),
-or the lengths in --bone_lengths, e.g. ones calibrated to this model by
-tools/bone_lengths.py --checkpoint (README: root depth from bone lengths).
+override its fields). Root depth fits the mean training bone lengths (the run's
+bone_lengths.json, which training stores; for older runs, bone_lengths.json beside
+the training records, written on the fly if missing), or the lengths in
+--bone_lengths, e.g. ones calibrated to this model by tools/bone_lengths.py
+--checkpoint (README: root depth from bone lengths).
 """
 
 import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
@@ -15,7 +16,7 @@ import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this s
 from absl import app, flags
 
 import train as train_tool
-from tf_volpose import evaluation, export, hardware, skeleton
+from tf_volpose import evaluation, export, hardware
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint file or model directory.")
@@ -24,8 +25,8 @@ flags.DEFINE_integer("version", None, "Version number (default: highest existing
 flags.DEFINE_enum("precision", "fp32", list(export.PRECISIONS),
                   "Compute precision of the export (bf16: bfloat16 except the float32 heads).")
 flags.DEFINE_string("bone_lengths", "", "Bone lengths JSON the root-depth fit matches (default: "
-                    "bone_lengths.json beside the training records; tools/bone_lengths.py "
-                    "--checkpoint writes one calibrated to the model).")
+                    "the run's bone_lengths.json, else the one beside the training records; "
+                    "tools/bone_lengths.py --checkpoint writes one calibrated to the model).")
 flags.DEFINE_float("fov_deg", export.DEFAULT_FOV_DEG, "Field of view of the default intrinsics.")
 flags.DEFINE_string("serving_decode", "local_softargmax", "Heatmap decoding inside the graph.")
 flags.mark_flag_as_required("checkpoint")
@@ -35,15 +36,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = train_tool.config_for_checkpoint(FLAGS.checkpoint)
-    joint_set = skeleton.get_joint_set(config.joint_set)
-    lengths_path = FLAGS.bone_lengths or evaluation.default_bone_lengths_path(config)
-    if evaluation.write_bone_lengths_if_missing(config.train_pattern, lengths_path, joint_set):
-        print(f"wrote {lengths_path}")
-    bone_lengths = evaluation.load_bone_lengths(lengths_path, joint_set)
-    if not FLAGS.bone_lengths:
-        train_tool.point_at_calibrated_bone_lengths(FLAGS.checkpoint)
+    lengths, lengths_path = train_tool.bone_lengths_for_checkpoint(config, FLAGS.checkpoint,
+                                                                  FLAGS.bone_lengths)
     model, source = evaluation.load_trained_model(config, FLAGS.checkpoint)
-    path = export.export_saved_model(model, config, FLAGS.export_base, bone_lengths, FLAGS.version,
+    path = export.export_saved_model(model, config, FLAGS.export_base, lengths, FLAGS.version,
                                      FLAGS.precision, FLAGS.serving_decode, FLAGS.fov_deg,
                                      provenance={"checkpoint": source,
                                                  "bone_lengths_file": lengths_path})

@@ -4,8 +4,10 @@
     python tools/predict.py --image=photo.jpg --checkpoint=runs/synthetic \
         --output=out.png --output_json=out.json [--box=x,y,w,h]
 
+--saved_model takes an export version or its export base (then the newest version).
 With --checkpoint the model is the run's config.json (training flags or a --flagfile
-override its fields).
+override its fields), and the root depth fits the run's bone lengths (or --bone_lengths),
+as tools/export.py bakes them into an export.
 
 Without --box the whole image is the box. Without --focal the default intrinsics
 of the export are used: focal = max(W, H) / (2 tan(50 deg / 2)), principal point at the
@@ -16,21 +18,23 @@ import json
 
 import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
 
-import cv2
 import tensorflow as tf
 from absl import app, flags
 
 import train as train_tool
-from tf_volpose import camera, crop, evaluation, export, skeleton, visualize
+from tf_volpose import _files, camera, crop, evaluation, export, skeleton, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Input image (JPEG or PNG).")
 flags.DEFINE_list("box", None, "x,y,w,h of the person in px (default: the whole image).")
-flags.DEFINE_string("saved_model", None, "An exported version directory.")
+flags.DEFINE_string("saved_model", None, "An export version directory, or an export base "
+                    "(its newest version).")
 flags.DEFINE_string("checkpoint", None, "Checkpoint or model directory (its config.json "
                     "describes the model).")
 flags.DEFINE_list("focal", None, "fx,fy in px (default: the documented field of view).")
-flags.DEFINE_string("output", "prediction.png", "Output picture (PNG).")
+flags.DEFINE_string("bone_lengths", "", "With --checkpoint: the bone lengths JSON the "
+                    "root-depth fit matches (default: the run's, as tools/export.py).")
+flags.DEFINE_string("output", "prediction.png", "Output picture (.png, .jpg).")
 flags.DEFINE_string("output_json", None, "Optional JSON with the joints.")
 flags.mark_flag_as_required("image")
 
@@ -39,12 +43,17 @@ def load_predictor():
     if bool(FLAGS.saved_model) == bool(FLAGS.checkpoint):
         raise app.UsageError("give exactly one of --saved_model or --checkpoint")
     if FLAGS.saved_model:
-        loaded = tf.saved_model.load(FLAGS.saved_model)
-        return loaded.signatures["serving_default"], loaded.signatures["with_intrinsics"], None
+        if FLAGS.bone_lengths:
+            raise ValueError("--bone_lengths is for --checkpoint: an export's bone lengths are "
+                             "baked into it (tools/export.py --bone_lengths)")
+        loaded, directory = export.load_export(FLAGS.saved_model)
+        if directory != FLAGS.saved_model:
+            print(f"using {directory}, the newest version under {FLAGS.saved_model}")
+        return loaded.signatures["serving_default"], loaded.signatures["with_intrinsics"], loaded
     config = train_tool.config_for_checkpoint(FLAGS.checkpoint)
+    lengths, _ = train_tool.bone_lengths_for_checkpoint(config, FLAGS.checkpoint,
+                                                        FLAGS.bone_lengths)
     model, _ = evaluation.load_trained_model(config, FLAGS.checkpoint)
-    joint_set = skeleton.get_joint_set(config.joint_set)
-    lengths = evaluation.load_bone_lengths(evaluation.default_bone_lengths_path(config), joint_set)
     module = export.ServingModule(model, config, lengths)
     return module.serving_default, module.with_intrinsics, module
 
@@ -58,6 +67,7 @@ def main(argv):
     # checked before loading anything: the graph would refuse them too, but with a traceback
     box = crop.xywh_or_whole_image(FLAGS.box, (w, h))
     focal = camera.focal_lengths(FLAGS.focal) if FLAGS.focal else None
+    visualize.check_image_path(FLAGS.output)
     default, with_intrinsics, _ = load_predictor()
     inputs = dict(image_bytes=tf.constant([data]), box=tf.constant([box], tf.float32))
     if focal:
@@ -67,18 +77,15 @@ def main(argv):
         out = default(**inputs)
     joints_3d = out["joints_3d_mm"].numpy()[0]
     joints_2d = out["joints_2d_px"].numpy()[0]
-    joint_set = skeleton.get_joint_set("h36m17" if joints_3d.shape[0] == 17 else
-                                       {16: "mpii16", 15: "humaneva15"}[joints_3d.shape[0]])
+    joint_set = skeleton.joint_set_with(joints_3d.shape[0])
     figure = visualize.pose_figure(image, joints_2d, joints_3d, joint_set)
-    cv2.imwrite(FLAGS.output, figure[..., ::-1])
-    print(f"wrote {FLAGS.output}")
+    print(f"wrote {visualize.write_image(FLAGS.output, figure)}")
     if FLAGS.output_json:
-        with open(FLAGS.output_json, "w") as f:
-            json.dump({"joint_names": list(joint_set.joint_names),
-                       "joints_3d_mm": joints_3d.tolist(), "joints_2d_px": joints_2d.tolist(),
-                       "confidence": out["confidence"].numpy()[0].tolist(),
-                       "root_depth_mm": float(out["root_depth_mm"].numpy()[0]),
-                       "box": box}, f, indent=1)
+        _files.write_text_atomically(FLAGS.output_json, json.dumps(
+            {"joint_names": list(joint_set.joint_names),
+             "joints_3d_mm": joints_3d.tolist(), "joints_2d_px": joints_2d.tolist(),
+             "confidence": out["confidence"].numpy()[0].tolist(),
+             "root_depth_mm": float(out["root_depth_mm"].numpy()[0]), "box": box}, indent=1))
         print(f"wrote {FLAGS.output_json}")
 
 

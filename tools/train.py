@@ -16,7 +16,7 @@ import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this s
 
 from absl import app, flags
 
-from tf_volpose import evaluation, hardware, training
+from tf_volpose import bone_lengths, hardware, skeleton, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("dry_run", False, "Build data and model, print the summary, exit.")
@@ -81,10 +81,24 @@ def config_for_checkpoint(checkpoint, flag_values=FLAGS):
 def point_at_calibrated_bone_lengths(checkpoint):
     """Prints where the run has bone lengths calibrated to it (tools/bone_lengths.py
     --checkpoint), for the tools that fit root depths without being given them."""
-    calibrated = checkpoint and evaluation.model_bone_lengths_path(checkpoint)
+    calibrated = checkpoint and bone_lengths.calibrated_path(training.run_directory(checkpoint))
     if calibrated:
         print(f"note: {calibrated} holds bone lengths calibrated to this run; "
               f"--bone_lengths={calibrated} uses them")
+
+
+def bone_lengths_for_checkpoint(config, checkpoint, path=""):
+    """``(lengths, path)`` for the tools that bake a root-depth fit (export,
+    predict): :func:`bone_lengths.for_run`, saying what it wrote and, unless
+    ``path`` chose the file, where the run has calibrated lengths."""
+    run_dir = training.run_directory(checkpoint) if checkpoint else None
+    lengths, used, written = bone_lengths.for_run(config.train_pattern, run_dir, path,
+                                                  skeleton.get_joint_set(config.joint_set))
+    if written:
+        print(f"wrote {used}")
+    if not path:
+        point_at_calibrated_bone_lengths(checkpoint)
+    return lengths, used
 
 
 class TerminalProgress:
