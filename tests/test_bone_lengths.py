@@ -83,8 +83,9 @@ def test_a_run_keeps_its_bone_lengths_and_needs_no_records(mixed_records, tmp_pa
     pattern, poses = mixed_records
     run, elsewhere = str(tmp_path / "run"), str(tmp_path / "elsewhere")
     # without a file beside the records, the run's copy is computed from them
-    stored = bone_lengths.store_in_run(pattern, run)
-    assert stored == str(tmp_path / "run" / bone_lengths.FILE)
+    computing = []
+    stored = bone_lengths.store_in_run(pattern, run, on_compute=lambda: computing.append(1))
+    assert stored == str(tmp_path / "run" / bone_lengths.FILE) and computing == [1]
     data = json.load(open(stored))
     assert data["poses"] == 9 and data["records"] == pattern and "copied_from" not in data
     np.testing.assert_allclose(bone_lengths.load(stored), _reference(poses), rtol=1e-6)
@@ -94,7 +95,8 @@ def test_a_run_keeps_its_bone_lengths_and_needs_no_records(mixed_records, tmp_pa
                                np.full(16, 123.0), 1000, source="records", records="all/*")
     assert bone_lengths.store_in_run(pattern, run) == stored
     assert bone_lengths.load(stored)[0] != 123.0
-    copied = bone_lengths.store_in_run(pattern, elsewhere)
+    copied = bone_lengths.store_in_run(pattern, elsewhere, on_compute=lambda: computing.append(2))
+    assert computing == [1]  # copied, not computed
     data = json.load(open(copied))
     assert data["lengths_mm"] == [123.0] * 16 and data["poses"] == 1000
     assert data["records"] == "all/*" and data["copied_from"] == beside

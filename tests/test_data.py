@@ -418,3 +418,18 @@ def test_decode_crop_eager_in_dataset_map_and_opencv_agree(synthetic_dir):
         lambda *a: pipeline.decode_crop(*a, 64)))).numpy()
     np.testing.assert_allclose(eager, mapped, atol=1e-6)
     np.testing.assert_allclose(eager, reference, atol=2e-2)
+
+
+def test_list_files_sorts_joins_patterns_and_says_where_relative_ones_were_looked_for(
+        tmp_path, monkeypatch):
+    for name in ("b-00001.tfrecord", "a-00000.tfrecord", "b-00000.tfrecord"):
+        (tmp_path / name).write_bytes(b"")
+    assert pipeline.list_files(f"{tmp_path}/b-*, {tmp_path}/a-*") == [
+        str(tmp_path / n) for n in ("a-00000.tfrecord", "b-00000.tfrecord", "b-00001.tfrecord")]
+    monkeypatch.chdir(tmp_path / "..")
+    # a run's config.json keeps a relative pattern; a tool started elsewhere says where it looked
+    with pytest.raises(ValueError, match=re.escape(
+            f"no files match file_pattern='data/train-*' (relative to {tmp_path.parent})")):
+        pipeline.list_files("data/train-*")
+    with pytest.raises(ValueError, match=r"no files match file_pattern='/nowhere/train-\*'$"):
+        pipeline.list_files("/nowhere/train-*")

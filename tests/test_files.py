@@ -33,8 +33,8 @@ def test_two_writers_of_one_file_at_once_both_succeed(tmp_path, monkeypatch):
 def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path, monkeypatch):
     path = tmp_path / "metrics.json"
     path.write_text("old")
-    with pytest.raises(TypeError):
-        _files.write_text_atomically(str(path), b"bytes are not text")
+    with pytest.raises(TypeError):  # raised by the write, into the temporary file
+        _files.write_bytes_atomically(str(path), "text is not bytes")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
     # a relative path lands where it names
     monkeypatch.chdir(tmp_path)

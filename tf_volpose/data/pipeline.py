@@ -27,6 +27,7 @@ Only the part of a JPEG that the crop needs is decoded (``decode_and_crop_jpeg``
 """
 
 import dataclasses
+import os
 import sys
 
 import tensorflow as tf
@@ -63,7 +64,12 @@ def list_files(file_pattern):
     patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
     files = sorted(f for p in patterns for f in _files.glob_files(p.strip()))
     if not files:
-        raise ValueError(f"no files match file_pattern={file_pattern!r}")
+        relative = [p.strip() for p in patterns
+                    if not _files.is_url(p.strip()) and not os.path.isabs(p.strip())]
+        # a run's config.json keeps patterns as given: a tool started elsewhere sees them
+        # relative to its own directory
+        where = f" (relative to {os.getcwd()})" if relative else ""
+        raise ValueError(f"no files match file_pattern={file_pattern!r}{where}")
     return files
 
 
