@@ -254,6 +254,8 @@ def test_sigterm_checkpoints_and_exits_cleanly(data_dir, tmp_path):
     seen += out
     assert proc.returncode == 0, seen[-2000:]
     assert "interrupted by SIGTERM" in seen
+    # no bone_lengths.json beside these records: the run computes its own, and says so
+    assert f"computing the bone lengths of {data_dir}/train-* into {tmp_path}" in seen
     # the tool's own lines only: TensorFlow's INFO records (e.g. checkpoint sharding times,
     # printed twice) stay off unless --verbosity asks for them
     assert "Sharding callback" not in seen and "INFO:tensorflow" not in seen, seen[-2000:]
