@@ -110,7 +110,13 @@ def newest_version(base_path):
     versions = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(base_path, "*"))
                       if os.path.basename(p).isdigit())
     if not versions:
-        raise ValueError(f"no numeric version directory under {base_path!r}")
+        hint = ""
+        if os.path.exists(os.path.join(base_path, "saved_model.pb")):  # a common slip
+            hint = (f": it is a version itself; give its parent, "
+                    f"--model_base_path={os.path.dirname(os.path.abspath(base_path))}")
+        elif not os.path.isdir(base_path):
+            hint = ": it does not exist"
+        raise ValueError(f"no numeric version directory under {base_path!r}{hint}")
     return versions[-1]
 
 

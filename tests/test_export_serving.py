@@ -723,6 +723,13 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
         assert_one_line_errors(tool, [(args, str(missing))])
     assert not (tmp_path / "exports").exists()  # nothing written
     assert_one_line_errors("tools/bone_lengths.py", [([], "give --train_pattern")])
+    version = tmp_path / "volpose" / "3"  # a version where its base belongs
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    assert_one_line_errors("serving/server.py", [
+        ([f"--model_base_path={version}", f"--port={_free_port()}"],
+         f"it is a version itself; give its parent, --model_base_path={tmp_path / 'volpose'}"),
+        ([f"--model_base_path={missing}", f"--port={_free_port()}"], "it does not exist")])
 
 
 def _first_import_after_stdlib(path):

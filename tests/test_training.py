@@ -161,6 +161,16 @@ def test_train_writes_checkpoints_and_summaries_and_resumes_exactly(data_dir, tm
     (old / "config.json").write_text(json.dumps(values))
     assert training.load_config(str(old)).conv_bias is True
     assert training.load_config(str(old)).flip_prob == 0.5  # what runs before the field used
+    # a damaged config.json names the file (before: "Expecting value: line 1 column 1
+    # (char 0)", an AttributeError, or a field's error naming no file)
+    path = old / "config.json"
+    for text, message in (("", "cannot read the training config .*config.json: Expecting value"),
+                          ("[1, 2]", "config.json holds no training config .* got list"),
+                          (json.dumps(dict(values, batch_size=0)),
+                           "config.json: batch_size must be positive, got 0")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            training.load_config(str(old))
 
 
 def test_flip_prob_reaches_the_training_pipeline(data_dir, tmp_path):

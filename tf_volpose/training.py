@@ -826,11 +826,17 @@ def load_config(model_dir):
     path = os.path.join(model_dir, "config.json")
     try:
         values = json.loads(_files.read_text(path))
-    except OSError as e:
+    except (OSError, ValueError) as e:  # unreadable, or not JSON (a damaged copy)
         raise ValueError(f"cannot read the training config {path}: {e}") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} holds no training config (a JSON object of TrainConfig "
+                         f"fields), got {type(values).__name__}")
     for key in ("depths", "loss_weights", "lr_decay_steps"):
         values[key] = tuple(values.get(key, ()))
     # runs saved before the field existed were built with these biases
     values.setdefault("conv_bias", True)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+    try:
+        return TrainConfig(**{k: v for k, v in values.items() if k in known})
+    except (TypeError, ValueError) as e:  # a value TrainConfig refuses
+        raise ValueError(f"{path}: {e}") from e
