@@ -84,8 +84,9 @@ def test_a_run_keeps_its_bone_lengths_and_needs_no_records(mixed_records, tmp_pa
     run, elsewhere = str(tmp_path / "run"), str(tmp_path / "elsewhere")
     # without a file beside the records, the run's copy is computed from them
     computing = []
-    stored = bone_lengths.store_in_run(pattern, run, on_compute=lambda: computing.append(1))
-    assert stored == str(tmp_path / "run" / bone_lengths.FILE) and computing == [1]
+    stored = bone_lengths.store_in_run(pattern, run, on_compute=computing.append)
+    assert stored == str(tmp_path / "run" / bone_lengths.FILE)
+    assert computing == ["no bone_lengths.json beside the records"]
     data = json.load(open(stored))
     assert data["poses"] == 9 and data["records"] == pattern and "copied_from" not in data
     np.testing.assert_allclose(bone_lengths.load(stored), _reference(poses), rtol=1e-6)
@@ -95,8 +96,8 @@ def test_a_run_keeps_its_bone_lengths_and_needs_no_records(mixed_records, tmp_pa
                                np.full(16, 123.0), 1000, source="records", records="all/*")
     assert bone_lengths.store_in_run(pattern, run) == stored
     assert bone_lengths.load(stored)[0] != 123.0
-    copied = bone_lengths.store_in_run(pattern, elsewhere, on_compute=lambda: computing.append(2))
-    assert computing == [1]  # copied, not computed
+    copied = bone_lengths.store_in_run(pattern, elsewhere, on_compute=computing.append)
+    assert len(computing) == 1  # copied, not computed
     data = json.load(open(copied))
     assert data["lengths_mm"] == [123.0] * 16 and data["poses"] == 1000
     assert data["records"] == "all/*" and data["copied_from"] == beside
@@ -124,3 +125,16 @@ def test_for_run_writes_the_file_beside_the_records_when_missing(mixed_records):
     np.testing.assert_allclose(bone_lengths.load(path), lengths)
     np.testing.assert_allclose(lengths, _reference(poses), rtol=1e-6)
     assert bone_lengths.for_run(pattern)[1:] == (path, False)
+
+
+def test_a_run_computes_its_own_when_the_file_beside_the_records_is_unusable(mixed_records,
+                                                                             tmp_path):
+    """Training does not depend on that file: a damaged one is not a reason to stop."""
+    pattern, poses = mixed_records
+    with open(bone_lengths.beside_records(pattern), "w") as f:
+        f.write('{"lengths_mm": [1, 2')  # cut short
+    why = []
+    stored = bone_lengths.store_in_run(pattern, str(tmp_path / "run"), on_compute=why.append)
+    assert len(why) == 1 and why[0].startswith("the file beside the records is unusable: "
+                                               "cannot read bone lengths")
+    np.testing.assert_allclose(bone_lengths.load(stored), _reference(poses), rtol=1e-6)

@@ -124,20 +124,25 @@ def store_in_run(file_pattern, run_dir, joint_set=skeleton.H36M17, on_compute=No
     An existing copy is kept: a resumed run keeps the lengths it started with.
     The file beside the records is copied when there is one (the converters
     write it; it may come from more records than the pattern matches now);
-    otherwise they are computed, which reads every record (about 1 s per
-    10,000 synthetic ones), after calling ``on_compute()`` if given.
+    otherwise, or when that file is unusable (training does not depend on it),
+    they are computed, which reads every record (about 1 s per 10,000
+    synthetic ones), after calling ``on_compute(why)`` if given.
     """
     output = os.path.join(run_dir, FILE)
     if _files.exists(output, "the run's bone lengths"):
         return output
     source = beside_records(file_pattern)
+    why = f"no {FILE} beside the records"
     if _files.exists(source, "bone lengths beside the records"):
-        lengths = load(source, joint_set)
-        data = json.loads(_files.read_text(source))
-        return save(output, joint_set, lengths, data.get("poses", 0), source="records",
-                    records=data.get("records", file_pattern), copied_from=source)
+        try:
+            lengths = load(source, joint_set)
+            data = json.loads(_files.read_text(source))
+            return save(output, joint_set, lengths, data.get("poses", 0), source="records",
+                        records=data.get("records", file_pattern), copied_from=source)
+        except ValueError as e:
+            why = f"the file beside the records is unusable: {e}"
     if on_compute:
-        on_compute()
+        on_compute(why)
     poses = _poses(file_pattern, joint_set)
     if not len(poses):
         return None  # 2D-only records: nothing to fit a root depth to
