@@ -128,6 +128,11 @@ def test_checkpoint_path_resolves_or_names_the_problem(tmp_path):
     for missing in (tmp_path / "ckpt-4", tmp_path / "nowhere" / "ckpt-3"):
         with pytest.raises(ValueError, match="neither a model directory nor a checkpoint"):
             training.checkpoint_path(str(missing))
+    # a step that is not there: the error lists the ones that are, in step order
+    tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(tmp_path / "ckpt-12"))
+    with pytest.raises(ValueError, match=f"no {tmp_path}/ckpt-4.index\\); {tmp_path} holds "
+                                         f"ckpt-3, ckpt-12$"):
+        training.checkpoint_path(str(tmp_path / "ckpt-4"))
 
 
 def test_train_writes_checkpoints_and_summaries_and_resumes_exactly(data_dir, tmp_path):

@@ -803,9 +803,22 @@ def checkpoint_path(checkpoint, name="checkpoint"):
             raise ValueError(f"{name} {checkpoint!r}: no checkpoint in this directory")
         return latest
     if not _files.exists(checkpoint + ".index", name):
+        directory = os.path.dirname(checkpoint) or "."
+        present = sorted((p[:-len(".index")] for p in _files.glob_files(
+            os.path.join(directory, "*.index"))), key=_step_of)
+        names = [os.path.basename(p) for p in present]
+        if len(names) > 6:  # the latest ones, which are what is usually meant
+            names = [f"{len(names) - 5} older ones"] + names[-5:]
+        hint = f"; {directory} holds {', '.join(names)}" if names else ""
         raise ValueError(f"{name} {checkpoint!r}: neither a model directory nor a checkpoint "
-                         f"(no {checkpoint}.index)")
+                         f"(no {checkpoint}.index){hint}")
     return checkpoint
+
+
+def _step_of(prefix):
+    """``ckpt-123`` -> 123, for ordering checkpoints by step (others first)."""
+    match = re.search(r"-(\d+)$", prefix)
+    return int(match.group(1)) if match else -1
 
 
 def run_directory(checkpoint):
