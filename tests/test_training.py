@@ -66,6 +66,8 @@ def test_every_config_parses_and_dry_run_builds(name, data_dir, tmp_path, monkey
                  f"--train_pattern={data_dir}/train-*", f"--val_pattern={data_dir}/val-*",
                  "--features=8", "--input_size=64", "--init_checkpoint=", "--synthetic_dir="])
     config = tool.config_from_flags(flag_values)
+    # only the MPII stage (2D heatmaps) has no root depth, and so stores no bone lengths
+    assert config.predicts_3d == (name != "mpii_2d.cfg")
     result = training.train(config, dry_run=True)
     assert result["params"] > 0 and "Total params" in result["summary"]
     assert not glob.glob(str(tmp_path / "ckpt-*"))  # a dry run writes no checkpoint

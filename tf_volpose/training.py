@@ -130,6 +130,12 @@ class TrainConfig:
         return max(self.depths)
 
     @property
+    def predicts_3d(self):
+        """Whether the model predicts depth: one whose depths are all 1 (2D heatmaps, as
+        the MPII stage) has no root depth to fit, so its run needs no bone lengths."""
+        return self.model == "regression" or self.fine_depth > 1
+
+    @property
     def xy_res(self):
         return self.input_size // 4
 
@@ -591,9 +597,9 @@ def _train(config, dry_run, report):
             report({"event": "data", "message": f"computing the bone lengths of "
                     f"{config.train_pattern} into {config.model_dir} ({why})"})
 
-        # the run directory alone then exports and predicts, without the training records
-        bone_lengths.store_in_run(config.train_pattern, config.model_dir,
-                                  skeleton.get_joint_set(config.joint_set), computing)
+        if config.predicts_3d:  # the run directory alone then exports and predicts
+            bone_lengths.store_in_run(config.train_pattern, config.model_dir,
+                                      skeleton.get_joint_set(config.joint_set), computing)
 
     forward = TrainingForward(config, model)
 
