@@ -48,7 +48,7 @@ class EvalOptions:
             raise ValueError(f"oracle must be one of {ORACLES}, got {self.oracle!r}")
 
 
-# ------------------------------------------------------------ bone lengths
+# ------------------------------------------------ bone lengths calibrated to a model
 
 
 def bone_lengths_matching_predictions(predictions, grid, joint_set=skeleton.H36M17):
@@ -130,8 +130,8 @@ def write_model_bone_lengths(config, checkpoint, output=None, file_pattern=None,
                                                    decode)
     output = output or os.path.join(training.run_directory(checkpoint), bone_lengths.MODEL_FILE)
     path = bone_lengths.save(output, skeleton.get_joint_set(config.joint_set), lengths, poses,
-                              source="model", checkpoint=source, records=file_pattern,
-                              decode=decode, scale=scale)
+                             source="model", checkpoint=source, records=file_pattern,
+                             decode=decode, scale=scale)
     return path, scale
 
 

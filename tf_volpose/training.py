@@ -593,6 +593,7 @@ def _train(config, dry_run, report):
     if chief:  # before the first step: a run killed at any point can be evaluated and exported
         _files.write_text_atomically(os.path.join(config.model_dir, "config.json"),
                                      config.to_json())
+
         def computing(why):
             report({"event": "data", "message": f"computing the bone lengths of "
                     f"{config.train_pattern} into {config.model_dir} ({why})"})
