@@ -64,6 +64,10 @@ def test_end_to_end_train_then_evaluate(data_dir, tmp_path):
         assert os.path.dirname(paths[0]) == str(tmp_path)  # beside the checkpoint
         data = json.load(open(paths[0]))
         assert data["frames"] == 6 and "Average" in data["mpjpe_mm"]
+        # the report names the bone lengths the fit used: by default the run's own copy
+        assert data["options"]["bone_lengths"] == (
+            (lengths or str(tmp_path / bone_lengths.FILE)) if root_depth == "bone_lengths"
+            else "")
         assert set(data["pcp3d"]) >= {"upper_arms", "lower_legs", "all"}
         assert np.isfinite(data["pa_mpjpe_mm"]["Average"]["mean"])
         assert data["pa_mpjpe_mm"]["Average"]["mean"] <= data["mpjpe_mm"]["Average"]["mean"] + 1e-6

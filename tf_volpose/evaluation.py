@@ -380,8 +380,12 @@ def evaluate(config, options, checkpoint=None, output_dir=None, file_pattern=Non
         if not checkpoint:
             raise ValueError("checkpoint is required unless oracle is set")
         model, source = load_trained_model(config, checkpoint)
-    predictions = collect_predictions(config, options, model, file_pattern,
-                                      run_dir=checkpoint and training.run_directory(checkpoint))
+    if options.root_depth == "bone_lengths":  # the report names the file the fit used
+        run_dir = checkpoint and training.run_directory(checkpoint)
+        used = bone_lengths.for_run(config.train_pattern, run_dir, options.bone_lengths,
+                                    skeleton.get_joint_set(config.joint_set))[1]
+        options = dataclasses.replace(options, bone_lengths=used)
+    predictions = collect_predictions(config, options, model, file_pattern)
     result = compute_metrics(predictions, skeleton.get_joint_set(config.joint_set))
     result["options"] = dataclasses.asdict(options)
     result["source"] = source
