@@ -19,7 +19,6 @@ one request would otherwise take the process's memory); REST bodies above
 
 import base64
 import concurrent.futures
-import glob
 import http.server
 import json
 import os
@@ -94,27 +93,45 @@ def image_size(data):
     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "image_bytes is not a JPEG or PNG image")
 
 
+def _is_url(path):
+    return "://" in path
+
+
 def _directory_listing(path):
     """``(relative path, size, mtime)`` of every file under ``path``: it changes while a
-    copy is in progress."""
+    copy is in progress. Local or on any file system ``tf.io.gfile`` reads."""
     listing = []
-    for root, _, names in os.walk(path):
+    for root, _, names in tf.io.gfile.walk(path):
         for name in names:
             file_path = os.path.join(root, name)
-            stat = os.stat(file_path)
-            listing.append((os.path.relpath(file_path, path), stat.st_size, stat.st_mtime_ns))
+            stat = tf.io.gfile.stat(file_path)
+            listing.append((os.path.relpath(file_path, path), stat.length, stat.mtime_nsec))
     return sorted(listing)
 
 
 def newest_version(base_path):
-    versions = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(base_path, "*"))
-                      if os.path.basename(p).isdigit())
+    """The highest numeric version under ``base_path`` (local, or a URL as TF Serving
+    reads one: ``gs://``, ``s3://`` with tensorflow-io).
+
+    Raises:
+      ValueError: there is none (with what ``base_path`` is instead).
+      OSError: its file system cannot be asked (an unknown scheme, no network).
+    """
+    try:
+        names = tf.io.gfile.listdir(base_path) if tf.io.gfile.isdir(base_path) else []
+        is_version = tf.io.gfile.exists(os.path.join(base_path, "saved_model.pb"))
+        exists = is_version or bool(names) or tf.io.gfile.exists(base_path)
+    except tf.errors.OpError as e:
+        raise OSError(f"--model_base_path {base_path!r} cannot be reached: "
+                      f"{short_error(e.message)}") from e
+    versions = sorted(int(name.rstrip("/")) for name in names if name.rstrip("/").isdigit())
     if not versions:
         hint = ""
-        if os.path.exists(os.path.join(base_path, "saved_model.pb")):  # a common slip
-            hint = (f": it is a version itself; give its parent, "
-                    f"--model_base_path={os.path.dirname(os.path.abspath(base_path))}")
-        elif not os.path.isdir(base_path):
+        if is_version:  # a common slip
+            parent = (base_path.rstrip("/").rsplit("/", 1)[0] if _is_url(base_path)
+                      else os.path.dirname(os.path.abspath(base_path)))
+            hint = f": it is a version itself; give its parent, --model_base_path={parent}"
+        elif not exists:
             hint = ": it does not exist"
         raise ValueError(f"no numeric version directory under {base_path!r}{hint}")
     return versions[-1]
@@ -129,7 +146,7 @@ class Servable:
         self.loaded = tf.saved_model.load(self.path)  # kept: the signatures use its variables
         self.signatures = dict(self.loaded.signatures)
         proto = saved_model_pb2.SavedModel()
-        with open(os.path.join(self.path, "saved_model.pb"), "rb") as f:
+        with tf.io.gfile.GFile(os.path.join(self.path, "saved_model.pb"), "rb") as f:
             proto.ParseFromString(f.read())
         self.signature_defs = proto.meta_graphs[0].signature_def
 
@@ -176,8 +193,8 @@ class ModelServer:
             return None
         try:
             listing = _directory_listing(os.path.join(self.base_path, str(newest)))
-        except OSError:  # files vanishing under the walk: being written, look again later
-            return None
+        except (OSError, tf.errors.OpError):
+            return None  # files vanishing under the walk: being written, look again later
         if self._failed.get(newest) == listing:
             return None
         try:

@@ -368,6 +368,65 @@ def server(trained, tmp_path_factory):
         proc.wait(timeout=30)
 
 
+SERVE_FROM_A_BUCKET = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import tensorflow as tf
+import client, server
+
+def upload(local, url):  # as gsutil cp -r would
+    for root, _, names in os.walk(local):
+        for name in names:
+            target = url + "/" + os.path.relpath(os.path.join(root, name), local)
+            tf.io.gfile.makedirs(os.path.dirname(target))
+            tf.io.gfile.copy(os.path.join(root, name), target)
+
+base, image = "ram://bucket/volpose", open(sys.argv[3], "rb").read()
+upload(sys.argv[2], base + "/1")
+grpc_server, _, model = server.serve(base, "volpose", int(sys.argv[4]))
+caller = client.GrpcClient("127.0.0.1:" + sys.argv[4], timeout=60)
+joints = caller.predict(image, [0.0, 0.0, 90.0, 120.0])["joints_3d_mm"]
+upload(sys.argv[2], base + "/2")
+changed = model.reload_newest()
+errors = []
+for path, kind in ((base + "/1", ValueError), ("ram://bucket/none", ValueError),
+                   ("nofs://bucket/volpose", OSError)):
+    try:
+        server.newest_version(path)
+    except kind as e:
+        errors.append(str(e))
+print("RESULT " + json.dumps({"path": model.path, "joints": joints.tolist(),
+                              "changed": changed, "errors": errors}))
+caller.close()
+grpc_server.stop(0)
+"""
+
+
+def test_server_serves_from_a_bucket(trained, tmp_path):
+    """``--model_base_path`` on a file system tf.io.gfile reads, as TF Serving's (ram://,
+    in-process, standing in for gs://): versions are found, loaded and polled there.
+    Before: "no numeric version directory" (Python's glob) for any URL."""
+    config, model, lengths, _ = trained
+    local = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(_jpeg())
+    out = subprocess.run([sys.executable, "-c", SERVE_FROM_A_BUCKET, str(REPO / "serving"), local,
+                          str(image), str(_free_port())], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert result["path"] == "ram://bucket/volpose/2"
+    assert result["changed"] == "serving volpose version 2 from ram://bucket/volpose/2"
+    want = tf.saved_model.load(local).signatures["serving_default"](
+        image_bytes=tf.constant([image.read_bytes()]), box=tf.constant([[0.0, 0.0, 90.0, 120.0]]))
+    np.testing.assert_allclose(result["joints"], want["joints_3d_mm"].numpy()[0], rtol=1e-5)
+    assert result["errors"][0].endswith("it is a version itself; give its parent, "
+                                        "--model_base_path=ram://bucket/volpose")
+    assert result["errors"][1].endswith("'ram://bucket/none': it does not exist")
+    assert result["errors"][2].startswith("--model_base_path 'nofs://bucket/volpose' cannot be "
+                                          "reached")
+
+
 def test_server_serves_a_newer_version_when_it_appears(trained, tmp_path):
     """As TF Serving polls its base path: a new export is served from the next request on; a
     version directory that does not load (yet) is reported once, the served one keeps serving,
