@@ -277,3 +277,15 @@ def test_bone_lengths_and_reports_beside_records_on_a_tensorflow_file_system(dat
     same, _ = evaluation.evaluate(config, options, output_dir=str(tmp_path / "eval"),
                                   file_pattern=str(data_dir / "val-*"))
     assert same["mpjpe_mm"] == result["mpjpe_mm"]
+
+
+def test_an_output_dir_that_cannot_be_one_fails_before_the_predictions(data_dir, tmp_path,
+                                                                      monkeypatch):
+    """Before: a FailedPreconditionError traceback once the predictions were made (lost)."""
+    (tmp_path / "afile").write_text("")
+    config = _config(data_dir, tmp_path)
+    monkeypatch.setattr(evaluation, "collect_predictions", None)  # must not be reached
+    for output_dir in (tmp_path / "afile", tmp_path / "afile" / "eval"):
+        with pytest.raises(ValueError, match="afile"):
+            evaluation.evaluate(config, evaluation.EvalOptions(oracle="argmax"),
+                                output_dir=str(output_dir))

@@ -258,6 +258,16 @@ def test_an_export_that_cannot_be_written_is_one_error_and_leaves_nothing(traine
     assert os.listdir(base) == []
 
 
+def test_an_export_base_that_is_a_file_is_refused_before_anything_is_saved(trained, tmp_path):
+    """Before: "[Errno 17] File exists" naming the path but not the problem."""
+    config, model, lengths, _ = trained
+    (tmp_path / "volpose").write_text("")
+    with pytest.raises(ValueError, match=f"export_base '{tmp_path}/volpose' is a file, not a "
+                                         f"directory"):
+        export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    assert sorted(os.listdir(tmp_path)) == ["volpose"]
+
+
 def test_concurrent_exports_keep_each_others_work(trained, tmp_path, monkeypatch):
     """An export removes the temporary directories only of exports that are gone, and a
     version another export takes while it is written moves it on (or, chosen, stops it)."""

@@ -114,3 +114,25 @@ def test_a_write_that_fails_names_the_file_and_keeps_the_old_one(tmp_path):
         with file_size_limit(10):
             _files.write_text_atomically(str(path), "x" * 100)
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_check_directory_names_a_file_in_the_way(tmp_path):
+    """Before: "[Errno 17] File exists: 'afile/config.json'" once the model was built, a
+    FailedPreconditionError traceback after an evaluation's predictions were made."""
+    (tmp_path / "afile").write_text("")
+    for path in (tmp_path / "new", tmp_path / "new" / "deeper", tmp_path, "relative/new"):
+        assert _files.check_directory(path, "model_dir") == path  # may be made, or is one
+    with pytest.raises(ValueError, match=f"output_dir '{tmp_path}/afile' is a file, not a "
+                                         f"directory"):
+        _files.check_directory(str(tmp_path / "afile"), "output_dir")
+    with pytest.raises(ValueError, match=f"model_dir '{tmp_path}/afile/run/x' cannot be made: "
+                                         f"{tmp_path}/afile is a file"):
+        _files.check_directory(str(tmp_path / "afile" / "run" / "x"), "model_dir")
+    bucket = f"ram://{tmp_path.name}"
+    assert _files.check_directory(f"{bucket}/runs/new", "model_dir") == f"{bucket}/runs/new"
+    with tf.io.gfile.GFile(f"{bucket}/object", "w") as f:
+        f.write("x")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        _files.check_directory(f"{bucket}/object", "model_dir")
+    with pytest.raises(OSError, match="model_dir 'nofs://bucket/run' cannot be reached"):
+        _files.check_directory("nofs://bucket/run", "model_dir")

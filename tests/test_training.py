@@ -137,6 +137,16 @@ def test_checkpoint_path_resolves_or_names_the_problem(tmp_path):
         training.checkpoint_path(str(tmp_path / "ckpt-4"))
 
 
+def test_a_model_dir_that_cannot_be_one_fails_before_the_model_is_built(data_dir, tmp_path,
+                                                                       monkeypatch):
+    """Before: "[Errno 17] File exists: 'afile/config.json'" after data and model were built."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(training, "build_model", None)  # must not be reached
+    with pytest.raises(ValueError, match=f"model_dir '{tmp_path}/afile' is a file, not a "
+                                         f"directory"):
+        training.train(_config(data_dir, tmp_path / "afile"))
+
+
 def test_train_writes_checkpoints_and_summaries_and_resumes_exactly(data_dir, tmp_path):
     events = []
     first = training.train(_config(data_dir, tmp_path), progress=events.append)

@@ -51,6 +51,26 @@ def exists(path, what="path"):
         raise OSError(f"{what} {os.fspath(path)!r} cannot be reached: {error_message(e)}") from e
 
 
+def check_directory(path, what):
+    """Raises a ValueError when the directory ``path`` (``what`` names it) cannot be
+    one because it, or a directory above it, is a file; checked before any work whose
+    results would go there is done. ``path`` need not exist yet."""
+    try:
+        ancestor = os.fspath(path)
+        while ancestor and not tf.io.gfile.exists(ancestor):
+            parent = os.path.dirname(ancestor.rstrip("/"))
+            if parent == ancestor or (is_url(ancestor) and "://" not in parent):
+                return path  # nothing of it exists yet
+            ancestor = parent
+        if ancestor and not tf.io.gfile.isdir(ancestor):
+            if ancestor == os.fspath(path):
+                raise ValueError(f"{what} {ancestor!r} is a file, not a directory")
+            raise ValueError(f"{what} {os.fspath(path)!r} cannot be made: {ancestor} is a file")
+    except tf.errors.OpError as e:
+        raise OSError(f"{what} {os.fspath(path)!r} cannot be reached: {error_message(e)}") from e
+    return path
+
+
 def require_local(path, what):
     """Raises a ValueError when ``path`` is a URL: ``what`` needs a local directory."""
     if is_url(path):

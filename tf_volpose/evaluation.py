@@ -345,7 +345,11 @@ def report_markdown(result, title):
 
 def write_report(result, output_dir, title):
     """Writes ``metrics.json`` and ``report.md`` (atomically) and returns their paths."""
-    tf.io.gfile.makedirs(output_dir)
+    try:
+        tf.io.gfile.makedirs(output_dir)
+    except tf.errors.OpError as e:  # a file in the way, no permission
+        raise OSError(f"cannot make the report directory {output_dir}: "
+                      f"{_files.error_message(e)}") from e
     paths = []
     for name, text in (("metrics.json", json.dumps(result, indent=2)),
                        ("report.md", report_markdown(result, title))):
@@ -380,6 +384,9 @@ def evaluate(config, options, checkpoint=None, output_dir=None, file_pattern=Non
         if not checkpoint:
             raise ValueError("checkpoint is required unless oracle is set")
         model, source = load_trained_model(config, checkpoint)
+    if output_dir is None:
+        output_dir = (os.path.dirname(source) if model is not None else config.model_dir)
+    _files.check_directory(output_dir, "output_dir")  # before the predictions, not after
     if options.root_depth == "bone_lengths":  # the report names the file the fit used
         run_dir = checkpoint and training.run_directory(checkpoint)
         used = bone_lengths.for_run(config.train_pattern, run_dir, options.bone_lengths,
@@ -389,7 +396,5 @@ def evaluate(config, options, checkpoint=None, output_dir=None, file_pattern=Non
     result = compute_metrics(predictions, skeleton.get_joint_set(config.joint_set))
     result["options"] = dataclasses.asdict(options)
     result["source"] = source
-    if output_dir is None:
-        output_dir = (os.path.dirname(source) if model is not None else config.model_dir)
     title = f"tf_volpose evaluation: {source}, decode={options.decode}, root depth={options.root_depth}"
     return result, write_report(result, output_dir, title)

@@ -387,7 +387,7 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
         whole only through a local rename; export locally, then copy it to a
         bucket with the version pinned (serving/README.md).
     """
-    _files.require_local(export_base, "export_base")
+    _files.check_directory(_files.require_local(export_base, "export_base"), "export_base")
     os.makedirs(export_base, exist_ok=True)
     for stale in filter(_left_by_a_dead_export, glob.glob(os.path.join(export_base, ".tmp-*"))):
         shutil.rmtree(stale, ignore_errors=True)

@@ -513,7 +513,8 @@ def train(config: TrainConfig, dry_run: bool = False,
 
 
 def _train(config, dry_run, report):
-    _files.exists(config.model_dir, "model_dir")  # a bucket out of reach fails here, named
+    # a bucket out of reach, or a file where the directory goes, fails here, named
+    _files.check_directory(config.model_dir, "model_dir")
     strategy = make_strategy(config.strategy)
     chief = is_chief(strategy)
     if chief:
