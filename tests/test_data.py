@@ -433,3 +433,10 @@ def test_list_files_sorts_joins_patterns_and_says_where_relative_ones_were_looke
         pipeline.list_files("data/train-*")
     with pytest.raises(ValueError, match=r"no files match file_pattern='/nowhere/train-\*'$"):
         pipeline.list_files("/nowhere/train-*")
+
+
+def test_sharded_writer_refuses_a_file_as_its_directory(tmp_path):
+    (tmp_path / "afile").write_text("")  # before: "[Errno 17] File exists"
+    with pytest.raises(ValueError, match=f"output_dir '{tmp_path}/afile' is a file, not a "
+                                         f"directory"):
+        records.ShardedWriter(str(tmp_path / "afile"), "train")

@@ -145,6 +145,10 @@ def test_a_model_dir_that_cannot_be_one_fails_before_the_model_is_built(data_dir
     with pytest.raises(ValueError, match=f"model_dir '{tmp_path}/afile' is a file, not a "
                                          f"directory"):
         training.train(_config(data_dir, tmp_path / "afile"))
+    # nor a synthetic_dir to render into (before: "[Errno 17] File exists")
+    with pytest.raises(ValueError, match=f"synthetic_dir '{tmp_path}/afile' is a file"):
+        training.train(_config(data_dir, tmp_path / "run", train_pattern=f"{tmp_path}/afile/t-*",
+                               synthetic_dir=str(tmp_path / "afile")))
 
 
 def test_train_writes_checkpoints_and_summaries_and_resumes_exactly(data_dir, tmp_path):

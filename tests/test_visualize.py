@@ -158,6 +158,9 @@ def test_write_image_round_trips_makes_its_directory_and_names_what_fails(tmp_pa
             visualize.check_image_path(str(tmp_path / name))
         with pytest.raises(ValueError, match="name it .png or .jpg"):
             visualize.write_image(str(tmp_path / name), image)
+    for directory in (str(tmp_path), f"{tmp_path}/new.png/"):  # before: a cv2.error traceback
+        with pytest.raises(ValueError, match="it is a directory; name a file in it, e.g. "):
+            visualize.write_image(directory, image)
     (tmp_path / "a_file").write_text("")
     # before: cv2.imwrite returned False into a directory that cannot exist, and the
     # predict tool printed "wrote ..."

@@ -452,7 +452,8 @@ def _ensure_data(config, report):
 
     if files and not any(map(in_synthetic_dir, files)):
         return  # real data elsewhere
-    _files.require_local(config.synthetic_dir, "synthetic_dir")
+    _files.check_directory(_files.require_local(config.synthetic_dir, "synthetic_dir"),
+                           "synthetic_dir")
     wanted = {"num_train": config.synthetic_train, "num_val": config.synthetic_val,
               "seed": config.seed}
 

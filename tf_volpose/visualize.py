@@ -177,12 +177,18 @@ def pose_figure(image, joints_2d, joints_3d, joint_set=skeleton.H36M17, height=4
 
 
 def check_image_path(path):
-    """Raises a ValueError when OpenCV cannot write an image named ``path`` (its
-    extension names no format it encodes), before anything is computed for it."""
-    if not cv2.haveImageWriter(os.fspath(path)):
-        raise ValueError(f"cannot write the image {os.fspath(path)!r}: OpenCV writes no format "
-                         f"with the extension {os.path.splitext(path)[1] or '(none)'!r}; "
-                         f"name it .png or .jpg")
+    """The extension of the image file ``path`` (``.png``); a ValueError when OpenCV
+    cannot write an image there (a directory, or an extension naming no format it
+    encodes), before anything is computed for it."""
+    path = os.fspath(path)
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ValueError(f"cannot write the image {path!r}: it is a directory; name a file "
+                         f"in it, e.g. {os.path.join(path, 'figure.png')}")
+    extension = os.path.splitext(path)[1]
+    if not extension or not cv2.haveImageWriter("image" + extension):
+        raise ValueError(f"cannot write the image {path!r}: OpenCV writes no format with the "
+                         f"extension {extension or '(none)'!r}; name it .png or .jpg")
+    return extension
 
 
 def write_image(path, image):
@@ -192,8 +198,7 @@ def write_image(path, image):
     ``cv2.imwrite`` reports a failed write (a missing directory, a full disk)
     only by returning ``False``; this raises an OSError naming the file.
     """
-    check_image_path(path)
-    ok, data = cv2.imencode(os.path.splitext(path)[1], to_uint8(image)[..., ::-1])
+    ok, data = cv2.imencode(check_image_path(path), to_uint8(image)[..., ::-1])
     if not ok:
         raise OSError(f"OpenCV could not encode {os.fspath(path)!r}")
     return _files.write_bytes_atomically(path, data.tobytes())

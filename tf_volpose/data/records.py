@@ -294,7 +294,8 @@ class ShardedWriter:
         self._writer = None
         self._tmp = None
         self._kept = {}  # shard index -> whether resume keeps the existing shard
-        _files.require_local(output_dir, "output_dir")  # os.makedirs would make ./gs:/...
+        # os.makedirs would make ./gs:/... of a URL, and "[Errno 17] File exists" of a file
+        _files.check_directory(_files.require_local(output_dir, "output_dir"), "output_dir")
         os.makedirs(output_dir, exist_ok=True)
         for stale in glob.glob(os.path.join(output_dir, f".{prefix}-*.tmp")):
             os.remove(stale)  # partial shards of a crashed run
