@@ -50,7 +50,8 @@ flags.DEFINE_integer("max_pixels", 40_000_000, "Largest accepted image (width x 
 flags.DEFINE_integer("max_batch_size", 64, "Most images accepted in one request.")
 flags.DEFINE_float("file_system_poll_wait_seconds", 1.0,
                    "Seconds between looks for a newer version under --model_base_path, which "
-                   "is then served (TF Serving's flag and default); 0: never look again.")
+                   "is then served (TF Serving's flag and default); 0: never look again.",
+                   lower_bound=0.0)
 
 # the largest request either front end reads (gRPC's receive limit, REST's body)
 MAX_REQUEST_BYTES = 64 << 20
@@ -161,6 +162,11 @@ class ModelServer:
 
     def __init__(self, base_path, name, max_concurrent=2, max_pixels=40_000_000,
                  max_batch_size=64):
+        # 0 concurrent calls would hang every request; 0 pixels or images refuse them all
+        for flag, value in (("max_concurrent", max_concurrent), ("max_pixels", max_pixels),
+                            ("max_batch_size", max_batch_size)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"--{flag} must be a positive integer, got {value!r}")
         self.name = name
         self.base_path = base_path
         self.servable = Servable(base_path, newest_version(base_path))
@@ -424,6 +430,9 @@ def _from_json(value):
 def serve(base_path, name, port, host="127.0.0.1", rest_port=0, max_concurrent=2,
           max_pixels=40_000_000, max_batch_size=64):
     """Starts the servers; returns ``(grpc_server, http_server_or_None, ModelServer)``."""
+    for flag, value, least in (("port", port, 1), ("rest_port", rest_port, 0)):
+        if int(value) != value or not least <= value <= 65535:
+            raise ValueError(f"--{flag} must be a port number ({least}-65535), got {value!r}")
     model = ModelServer(base_path, name, max_concurrent, max_pixels, max_batch_size)
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrent + 4),
                          maximum_concurrent_rpcs=64,

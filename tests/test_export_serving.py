@@ -798,7 +798,12 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
     assert_one_line_errors("serving/server.py", [
         ([f"--model_base_path={version}", f"--port={_free_port()}"],
          f"it is a version itself; give its parent, --model_base_path={tmp_path / 'volpose'}"),
-        ([f"--model_base_path={missing}", f"--port={_free_port()}"], "it does not exist")])
+        ([f"--model_base_path={missing}", f"--port={_free_port()}"], "it does not exist"),
+        # before: served, and every request waited forever for one of 0 inference slots
+        ([f"--model_base_path={version}", "--max_concurrent=0"],
+         "--max_concurrent must be a positive integer, got 0"),
+        ([f"--model_base_path={version}", "--port=99999"],
+         "--port must be a port number (1-65535), got 99999")])
 
 
 def _first_import_after_stdlib(path):
