@@ -214,5 +214,8 @@ if __name__ == "__main__":
                       "documented field of view).")
     flags.DEFINE_bool("rest", False, "Use the REST API instead of gRPC.")
     flags.DEFINE_float("timeout", 30.0, "Deadline per call, seconds.")
+    # a deadline of 0 or less fails every call as DEADLINE_EXCEEDED, which reads as a slow server
+    flags.register_validator("timeout", lambda seconds: seconds > 0,
+                             "--timeout must be a positive number of seconds")
     flags.mark_flag_as_required("image")
     app.run(main)

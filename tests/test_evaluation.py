@@ -289,3 +289,13 @@ def test_an_output_dir_that_cannot_be_one_fails_before_the_predictions(data_dir,
         with pytest.raises(ValueError, match="afile"):
             evaluation.evaluate(config, evaluation.EvalOptions(oracle="argmax"),
                                 output_dir=str(output_dir))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("decode", "median", "decode must be one of"), ("root_depth", "guess", "root_depth must be"),
+    ("oracle", "truth", "oracle must be one of"),
+    ("max_examples", -5, "max_examples must be >= 0 \\(0: all\\), got -5"),  # stopped early
+    ("batch_size", 0, "batch_size must be positive, got 0")])
+def test_eval_options_name_a_bad_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        evaluation.EvalOptions(**{field: value})

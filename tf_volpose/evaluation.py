@@ -46,6 +46,10 @@ class EvalOptions:
             raise ValueError(f"root_depth must be 'gt' or 'bone_lengths', got {self.root_depth!r}")
         if self.oracle not in ORACLES:
             raise ValueError(f"oracle must be one of {ORACLES}, got {self.oracle!r}")
+        if self.max_examples < 0:  # would stop after the first batch, without a word
+            raise ValueError(f"max_examples must be >= 0 (0: all), got {self.max_examples}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
 
 # ------------------------------------------------ bone lengths calibrated to a model
