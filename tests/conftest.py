@@ -132,3 +132,37 @@ def assert_one_line_errors(script, cases):
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
         assert not any(line.startswith("flags:") for line in lines), out.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained one step, for the export and serving tests:
+    ``(config, model, bone lengths, root directory)``."""
+    from tf_volpose import bone_lengths, training
+    from tf_volpose.data import synthetic
+    root = tmp_path_factory.mktemp("export")
+    data = root / "data"
+    synthetic.generate(str(data), num_train=8, num_val=2, seed=5, workers=1)
+    config = training.TrainConfig(model_dir=str(root / "run"), train_pattern=str(data / "train-*"),
+                                  val_pattern="", features=8, input_size=64, depths=(1, 4),
+                                  batch_size=2, train_steps=1, checkpoint_every=1, summary_every=1,
+                                  image_summary_every=0, val_every=0)
+    result = training.train(config)
+    lengths, _ = bone_lengths.compute(config.train_pattern)
+    return config, result["model"], lengths, root
+
+
+def small_jpeg(h=120, w=90, seed=0):
+    """JPEG bytes of a smooth random picture."""
+    rng = np.random.default_rng(seed)
+    image = cv2.resize(rng.integers(0, 255, (8, 6, 3)).astype(np.uint8), (w, h))
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+
+def free_port():
+    """A TCP port nothing listens on now, on 127.0.0.1."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -88,6 +88,11 @@ def test_h36m_strict_and_unreadable_files(tmp_path, rng):
                      subjects=("S1",))
     with pytest.raises(h36m.ConversionError, match="no D3_Positions_mono"):
         h36m.convert(str(tmp_path / "empty"), str(tmp_path / "out3"), subjects=("S1",))
+    for every in (0, 2.5):  # before: "range() arg 3 must not be zero" mid-way
+        with pytest.raises(ValueError, match=f"every must be a positive integer .*got {every}"):
+            h36m.convert(str(tmp_path / "h36m"), str(tmp_path / "out4"), subjects=("S9",),
+                         every=every)
+    assert not (tmp_path / "out4").exists()
 
 
 def _jpeg_file(path, size=(200, 160), dots=()):

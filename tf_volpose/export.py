@@ -49,7 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import _files, camera, crop, skeleton, training, volume
+from tf_volpose import _checks, _files, camera, crop, skeleton, training, volume
 from tf_volpose.models import hourglass
 
 DEFAULT_FOV_DEG = camera.DEFAULT_FOV_DEG
@@ -75,11 +75,20 @@ class ServingModule(tf.Module):
     def __init__(self, model, config, bone_lengths, decode="local_softargmax",
                  fov_deg=DEFAULT_FOV_DEG):
         super().__init__(name="volpose")
+        # checked here: in the graph, a zero field of view gave infinite focal lengths and
+        # every answer NaN, with the export written as if it were fine
+        if not 0.0 < float(fov_deg) < 180.0:
+            raise ValueError(f"fov_deg must be in (0, 180) degrees, got {fov_deg!r}")
+        if decode not in volume.DECODE_METHODS:
+            raise ValueError(f"decode must be one of {volume.DECODE_METHODS}, got {decode!r}")
         self.model = model
         self.config = config
         self.joint_set = skeleton.get_joint_set(config.joint_set)
         self.decode = decode
-        self.bone_lengths = tf.constant(np.asarray(bone_lengths, np.float32))
+        lengths = _checks.as_array("bone_lengths", bone_lengths,
+                                   shape=(len(self.joint_set.bones),))
+        _checks.positive("bone_lengths", lengths)
+        self.bone_lengths = tf.constant(lengths, tf.float32)
         self.fov_deg = float(fov_deg)
         images = tf.TensorSpec([None], tf.string, name="image_bytes")
         boxes = tf.TensorSpec([None, 4], tf.float32, name="box")

@@ -107,6 +107,9 @@ def convert(h36m_root, output_dir, frames_root=None, subjects=TRAIN_SUBJECTS + T
     for subject in subjects:
         if subject not in TRAIN_SUBJECTS + TEST_SUBJECTS:
             raise ValueError(f"unknown Human3.6M subject {subject!r}")
+    if int(every) != every or every < 1:
+        raise ValueError(f"every must be a positive integer (keep every N-th frame), got "
+                         f"{every!r}")
     todo = sequences(h36m_root, subjects)
     if not todo:
         raise ConversionError(f"no D3_Positions_mono .cdf files under {h36m_root} for {list(subjects)}")

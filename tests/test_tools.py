@@ -1,0 +1,216 @@
+import ast
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from tf_volpose import bone_lengths, export
+from tests.conftest import (assert_one_line_errors, free_port, jpeg_with_exif_orientation,
+                            small_jpeg)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_predict_tool_writes_the_figure_and_json(trained, tmp_path):
+    config, model, lengths, _ = trained
+    path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(small_jpeg(h=240, w=180))
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"), f"--image={image}",
+                          f"--saved_model={path}", f"--output={tmp_path / 'out.png'}",
+                          f"--output_json={tmp_path / 'out.json'}", "--box=20,30,120,180"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    figure = cv2.imread(str(tmp_path / "out.png"))
+    assert figure.shape[0] == 400 and figure.shape[1] > 3 * 300  # image + two 3D views
+    data = json.load(open(tmp_path / "out.json"))
+    assert len(data["joints_3d_mm"]) == 17 and len(data["joint_names"]) == 17
+    assert np.isfinite(np.array(data["joints_3d_mm"])).all()
+    bad = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"), f"--image={image}",
+                          f"--saved_model={path}", "--box=0,0,0,10"], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert bad.returncode != 0 and "box" in bad.stderr
+
+
+def test_a_run_directory_alone_exports_and_predicts(trained, tmp_path):
+    """Training stores its bone lengths in the run directory, so a run copied where its
+    records are not (another machine; or a relative train_pattern seen from another
+    directory) exports and predicts. Before: "no files match file_pattern='data/...'"."""
+    config, _, lengths, root = trained
+    stored = root / "run" / bone_lengths.FILE
+    np.testing.assert_allclose(bone_lengths.load(str(stored)), lengths, rtol=1e-6)
+    run = tmp_path / "copied_run"
+    shutil.copytree(root / "run", run)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(dict(saved, train_pattern="data/gone/train-*")))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), f"--checkpoint={run}",
+                          f"--export_base={tmp_path / 'volpose'}"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    info = json.load(open(tmp_path / "volpose" / "1" / "assets.extra" / export.INFO_FILE))
+    assert info["bone_lengths_file"] == str(run / bone_lengths.FILE)
+    np.testing.assert_allclose(info["bone_lengths_mm"], lengths, rtol=1e-6)
+    (tmp_path / "volpose" / "2").mkdir()  # a version being copied in: not a SavedModel yet
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(small_jpeg(h=120, w=90))
+    results = []
+    for model in (f"--checkpoint={run}", f"--saved_model={tmp_path / 'volpose'}"):
+        figure = tmp_path / model[2:7] / "figure.png"  # a directory to be made
+        out = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"),
+                              f"--image={image}", model, f"--output={figure}",
+                              f"--output_json={figure.with_suffix('.json')}"],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert f"wrote {figure}" in out.stdout and cv2.imread(str(figure)).shape[0] == 400
+        results.append(json.load(open(figure.with_suffix(".json"))))
+    assert (f"using {tmp_path / 'volpose' / '1'}, the newest version under "
+            f"{tmp_path / 'volpose'}") in out.stdout
+    # the same bone lengths, in the graph and out of it: the same root depth
+    assert results[0]["root_depth_mm"] == pytest.approx(results[1]["root_depth_mm"], rel=1e-4)
+
+
+def test_predict_tool_sends_an_exif_rotated_photo_upright(trained, tmp_path):
+    config, model, lengths, _ = trained
+    path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    stored = cv2.resize(np.random.default_rng(1).integers(0, 255, (4, 6, 3)).astype(np.uint8),
+                        (150, 100))  # 100 rows x 150 columns as stored
+    image = tmp_path / "phone.jpg"
+    image.write_bytes(jpeg_with_exif_orientation(stored, 6))  # displayed: 150 rows x 100 columns
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"), f"--image={image}",
+                          f"--saved_model={path}", f"--output={tmp_path / 'out.png'}",
+                          f"--output_json={tmp_path / 'out.json'}"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.load(open(tmp_path / "out.json"))
+    assert data["box"] == [0.0, 0.0, 100.0, 150.0]
+    # the graph's default principal point is the centre of the image it decoded: recover it
+    # from u = f X / Z + cx, v = f Y / Z + cy over the joints (cx, cy = 75, 50 if it saw the
+    # stored, sideways pixels)
+    xyz, uv = np.array(data["joints_3d_mm"]), np.array(data["joints_2d_px"])
+    rows = np.concatenate([np.stack([xyz[:, 0] / xyz[:, 2], np.ones(17), np.zeros(17)], 1),
+                           np.stack([xyz[:, 1] / xyz[:, 2], np.zeros(17), np.ones(17)], 1)])
+    focal, cx, cy = np.linalg.lstsq(rows, np.concatenate([uv[:, 0], uv[:, 1]]), rcond=None)[0]
+    np.testing.assert_allclose([cx, cy], [50.0, 75.0], atol=0.5)
+
+
+def _image_and_text_files(directory):
+    image, text = directory / "photo.jpg", directory / "notes.txt"
+    image.write_bytes(small_jpeg(h=64, w=48))
+    text.write_text("not an image")
+    return image, text
+
+
+def test_tools_report_a_wrong_path_in_one_line(tmp_path):
+    """A missing checkpoint or export is one ``error:`` line naming it, exit 1, no traceback."""
+    image, _ = _image_and_text_files(tmp_path)
+    missing = tmp_path / "runs" / "nothing_here"
+    for tool, args in (("tools/export.py", [f"--checkpoint={missing}",
+                                            f"--export_base={tmp_path / 'exports'}"]),
+                       ("tools/predict.py", [f"--image={image}", f"--saved_model={missing}"]),
+                       ("tools/eval.py", [f"--checkpoint={missing}"]),
+                       ("tools/bone_lengths.py", [f"--checkpoint={missing}"]),
+                       # before the model section's minutes, not after
+                       ("tools/benchmark.py", ["--sections=model,export",
+                                               f"--checkpoint={missing}"]),
+                       ("serving/server.py", [f"--model_base_path={missing}",
+                                              f"--port={free_port()}"])):
+        assert_one_line_errors(tool, [(args, str(missing))])
+    assert not (tmp_path / "exports").exists()  # nothing written
+    assert_one_line_errors("tools/bone_lengths.py", [([], "give --train_pattern")])
+    version = tmp_path / "volpose" / "3"  # a version where its base belongs
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    assert_one_line_errors("serving/server.py", [
+        ([f"--model_base_path={version}", f"--port={free_port()}"],
+         f"it is a version itself; give its parent, --model_base_path={tmp_path / 'volpose'}"),
+        ([f"--model_base_path={missing}", f"--port={free_port()}"], "it does not exist"),
+        # before: served, and every request waited forever for one of 0 inference slots
+        ([f"--model_base_path={version}", "--max_concurrent=0"],
+         "--max_concurrent must be a positive integer, got 0"),
+        ([f"--model_base_path={version}", "--port=99999"],
+         "--port must be a port number (1-65535), got 99999")])
+
+
+def _first_import_after_stdlib(path):
+    """Line of the first import of a module outside the standard library, and the statements
+    before it (``ast`` nodes)."""
+    tree = ast.parse(path.read_text())
+    for index, node in enumerate(tree.body):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) else [])
+        if any(name.split(".")[0] not in sys.stdlib_module_names for name in names):
+            return node, tree.body[:index]
+    raise AssertionError(f"{path} imports nothing outside the standard library")
+
+
+def test_tools_quiet_tensorflow_before_it_loads(tmp_path):
+    """TensorFlow reads TF_CPP_MIN_LOG_LEVEL once, when it loads: every tool's first
+    non-stdlib import is ``_cli`` (which sets it), the serving scripts set it before any such
+    import, and a tool run without it prints none of TensorFlow's C++ INFO records (the CPU
+    feature notice), which a run with ``TF_CPP_MIN_LOG_LEVEL=0`` shows."""
+    for path in sorted((REPO / "tools").glob("*.py")):
+        if path.name != "_cli.py":
+            node, _ = _first_import_after_stdlib(path)
+            assert isinstance(node, ast.Import) and node.names[0].name == "_cli", path
+    for path in sorted((REPO / "serving").glob("*.py")):
+        _, before = _first_import_after_stdlib(path)
+        assert any("TF_CPP_MIN_LOG_LEVEL" in ast.unparse(node) for node in before), path
+
+    def stderr(level):
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        if level is not None:
+            env["TF_CPP_MIN_LOG_LEVEL"] = level
+        out = subprocess.run([sys.executable, str(REPO / "tools/export.py"),
+                              f"--checkpoint={tmp_path / 'missing'}",
+                              f"--export_base={tmp_path / 'exports'}"],
+                             capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+        assert out.returncode == 1, out.stderr[-2000:]
+        return out.stderr
+
+    if "cpu_feature_guard" not in stderr("0"):
+        pytest.skip("this TensorFlow build logs no CPU feature notice on this CPU")
+    assert "cpu_feature_guard" not in stderr(None)
+
+
+def _bad_image_box_and_focal_args(tmp_path):
+    """``(args, message)``: bad ``--image``, ``--box`` and ``--focal`` values that
+    tools/predict.py and serving/client.py both refuse before any work, and what they say."""
+    image, text = _image_and_text_files(tmp_path)  # a 48x64 JPEG and a text file
+    return [([f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
+            ([f"--image={text}"], f"{text} is not a JPEG or PNG image"),
+            ([f"--image={image}", "--box=0,0,0,10"], "box width and height must be positive"),
+            ([f"--image={image}", "--box=0,0,nan,10"], "NaN or Inf"),
+            ([f"--image={image}", "--box=1,2"], "must have shape (4,)"),
+            ([f"--image={image}", "--box=48,0,10,10"], "lies outside the 48x64 image"),
+            ([f"--image={image}", "--box=0,-20,10,10"], "lies outside the 48x64 image"),
+            ([f"--image={image}", "--focal=-5,500"], "focal (fx,fy) must be positive"),
+            ([f"--image={image}", "--focal=1000"], "must have shape (2,)")]
+
+
+def test_predict_tool_reports_bad_input_in_one_line_before_loading(tmp_path):
+    model = f"--saved_model={tmp_path / 'no_export'}"  # each case must fail before loading it
+    cases = _bad_image_box_and_focal_args(tmp_path)
+    image = f"--image={tmp_path / 'photo.jpg'}"  # the good image those cases wrote
+    cases += [([image, "--focal=nan,1"], "NaN or Inf"),
+              # before: the model ran, then cv2.imwrite raised a traceback for an extension
+              # it cannot write
+              ([image, f"--output={tmp_path / 'out.xyz'}"],
+               "OpenCV writes no format with the extension '.xyz'; name it .png or .jpg"),
+              ([image, "--bone_lengths=lengths.json"], "--bone_lengths is for --checkpoint")]
+    assert_one_line_errors("tools/predict.py", [([model, *args], message)
+                                                 for args, message in cases])
+
+
+def test_client_cli_reports_bad_input_in_one_line_before_connecting(tmp_path):
+    server = f"--server=127.0.0.1:{free_port()}"  # nothing listens: each must fail before a call
+    assert_one_line_errors("serving/client.py", [
+        ([server, *args], message) for args, message in _bad_image_box_and_focal_args(tmp_path)])
