@@ -98,17 +98,23 @@ def write(file_pattern, output=None, joint_set=skeleton.H36M17):
 
 def load(path, joint_set=skeleton.H36M17):
     """``(J-1,)`` mm from a JSON :func:`save` wrote; ValueError naming the file otherwise."""
+    return _read(path, joint_set)[0]
+
+
+def _read(path, joint_set):
+    """``(lengths, the whole JSON)`` of :func:`load`."""
     try:
         data = json.loads(_files.read_text(path))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read bone lengths {path!r} (write it with "
                          f"tools/bone_lengths.py): {e}") from e
-    lengths = np.asarray(data.get("lengths_mm", []) if isinstance(data, dict) else [],
-                         dtype=np.float64)
+    if not isinstance(data, dict):
+        data = {}
+    lengths = np.asarray(data.get("lengths_mm", []), dtype=np.float64)
     if lengths.shape != (len(joint_set.bones),) or not np.all(lengths > 0):
         raise ValueError(f"{path}: lengths_mm must hold {len(joint_set.bones)} positive numbers "
                          f"for {joint_set.name}, got {lengths.tolist()}")
-    return lengths
+    return lengths, data
 
 
 def calibrated_path(run_dir):
@@ -135,8 +141,7 @@ def store_in_run(file_pattern, run_dir, joint_set=skeleton.H36M17, on_compute=No
     why = f"no {FILE} beside the records"
     if _files.exists(source, "bone lengths beside the records"):
         try:
-            lengths = load(source, joint_set)
-            data = json.loads(_files.read_text(source))
+            lengths, data = _read(source, joint_set)
             return save(output, joint_set, lengths, data.get("poses", 0), source="records",
                         records=data.get("records", file_pattern), copied_from=source)
         except ValueError as e:

@@ -159,14 +159,12 @@ def _check_flip_test(config, options):
             "mirror would swap the joints the colours identify. Evaluate without flip_test.")
 
 
-def collect_predictions(config, options, model=None, file_pattern=None, records_per_file=0,
-                        run_dir=None):
+def collect_predictions(config, options, model=None, file_pattern=None, records_per_file=0):
     """Runs the model (or the oracle) over a split (or the first ``records_per_file``
     records of each of its files).
 
-    ``run_dir`` (the run's directory) is where ``root_depth="bone_lengths"``
-    looks first for the bone lengths, unless ``options.bone_lengths`` names a
-    file (:func:`bone_lengths.for_run`).
+    ``root_depth="bone_lengths"`` fits the lengths in ``options.bone_lengths``
+    (default: beside the training records; :func:`evaluate` passes the run's).
 
     Returns:
       dict of NumPy arrays: ``pred_voxels``, ``gt_voxels`` (F, J, 3);
@@ -183,8 +181,8 @@ def collect_predictions(config, options, model=None, file_pattern=None, records_
                                **training.pipeline_options(config))
     lengths = None
     if options.root_depth == "bone_lengths":
-        lengths = bone_lengths.for_run(config.train_pattern, run_dir, options.bone_lengths,
-                                       joint_set)[0]
+        lengths = bone_lengths.for_run(config.train_pattern, path=options.bone_lengths,
+                                       joint_set=joint_set)[0]
 
     @tf.function
     def run_model(images):
