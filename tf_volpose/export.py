@@ -36,6 +36,7 @@ ignores the latter.
 """
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -93,10 +94,21 @@ class ServingModule(tf.Module):
         images = tf.TensorSpec([None], tf.string, name="image_bytes")
         boxes = tf.TensorSpec([None, 4], tf.float32, name="box")
         pairs = [tf.TensorSpec([None, 2], tf.float32, name=n) for n in ("focal", "principal_point")]
-        self.serving_default = tf.function(self._default, input_signature=[images, boxes])
-        self.with_intrinsics = tf.function(self._with_intrinsics,
-                                           input_signature=[images, boxes] + pairs)
-        self.heatmaps = tf.function(self._heatmaps, input_signature=[images, boxes])
+        # The network and the decoding are each one traced function that the signatures
+        # call: traced once, not in each signature (tracing is most of an export's time),
+        # and held once in the SavedModel. The graph code has no Python control flow on
+        # tensors: AutoGraph's conversion of it was a quarter of an export's time.
+        graph = functools.partial(tf.function, autograph=False)
+        side, channels = config.grid.xy_res, self.joint_set.num_joints * config.grid.depth
+        self.network = graph(self._volume, input_signature=[
+            tf.TensorSpec([None, config.input_size, config.input_size, 3], tf.float32)])
+        self.answer = graph(self._answer, input_signature=[
+            tf.TensorSpec([None, side, side, channels], tf.float32),
+            tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None], tf.float32),
+            tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None, 2], tf.float32)])
+        self.serving_default = graph(self._default, input_signature=[images, boxes])
+        self.with_intrinsics = graph(self._with_intrinsics, input_signature=[images, boxes] + pairs)
+        self.heatmaps = graph(self._heatmaps, input_signature=[images, boxes])
 
     # -- graph pieces
 
@@ -161,10 +173,14 @@ class ServingModule(tf.Module):
         return crops, sizes, center, scale
 
     def _volume(self, crops):
+        """(B, S, S, 3) crops -> (B, xy_res, xy_res, J * depth) float32 heatmaps of the
+        last stack."""
         outputs = self.model(crops, training=False)
         return tf.cast(outputs[f"stack{len(outputs) - 1}"], tf.float32)
 
     def _answer(self, heatmaps, center, scale, focal, principal):
+        """Heatmaps, the boxes' (B, 2) center px and (B,) scale, and (B, 2) focal and
+        principal point px -> the signatures' answer (joints in mm, px and voxels)."""
         grid = self.config.grid
         voxels, confidence = volume.decode_heatmaps_tf(heatmaps, self.joint_set.num_joints,
                                                        grid.depth, self.decode)
@@ -187,7 +203,7 @@ class ServingModule(tf.Module):
         image_bytes, box, _ = self._checked(image_bytes, box)
         crops, sizes, center, scale = self._crops(image_bytes, box)
         focal, principal = self.default_intrinsics(sizes)
-        return self._answer(self._volume(crops), center, scale, focal, principal)
+        return self.answer(self.network(crops), center, scale, focal, principal)
 
     def _with_intrinsics(self, image_bytes, box, focal, principal_point):
         image_bytes, box, intrinsics = self._checked(image_bytes, box, focal=focal,
@@ -199,12 +215,12 @@ class ServingModule(tf.Module):
         principal_point = tf.debugging.assert_all_finite(intrinsics["principal_point"],
                                                          "principal_point must be finite")
         crops, _, center, scale = self._crops(image_bytes, box)
-        return self._answer(self._volume(crops), center, scale, focal, principal_point)
+        return self.answer(self.network(crops), center, scale, focal, principal_point)
 
     def _heatmaps(self, image_bytes, box):
         image_bytes, box, _ = self._checked(image_bytes, box)
         crops, _, _, _ = self._crops(image_bytes, box)
-        return {"heatmaps": self._volume(crops)}
+        return {"heatmaps": self.network(crops)}
 
 
 def versions(export_base):
@@ -300,8 +316,9 @@ def build_for_precision(model, config, precision):
     return low
 
 
-def _saveable(functions):
-    """A ``tf.Module`` holding ``functions`` and exactly the ``tf.Variable``s they read.
+def _saveable(functions, model):
+    """A ``tf.Module`` holding ``functions`` and exactly the ``tf.Variable``s they read:
+    those behind ``model``'s Keras variables.
 
     Saving the :class:`ServingModule` itself (which holds the Keras model) wrote
     a SavedModel that ``tf.saved_model.load`` restores but whose graph, as TF
@@ -309,16 +326,23 @@ def _saveable(functions):
     runs the saver's restore op), restored Keras 3's variable wrappers into one
     set of variable handles while the signatures read another: every request
     failed with ``Could not find variable ...`` (keras-team/keras#19274,
-    tensorflow/serving#2250). Tracking the variables the traced functions
-    capture, and not the model, leaves one set, each variable stored once.
+    tensorflow/serving#2250). Tracking the backend variables the traced
+    functions capture, and not the model, leaves one set, each variable stored
+    once. They are taken from the model, not from tracing the functions:
+    ``tf.saved_model.save`` traces them again in its own context, so a trace
+    here was a quarter of an export's time (profiled), thrown away. A captured
+    variable missing here fails the save (an untracked resource).
     """
     root = tf.Module()
-    captured = {}
     for name, function in functions.items():
         setattr(root, name, function)
-        for variable in function.get_concrete_function().graph.variables:
-            captured[id(variable)] = variable
-    root.variables_read = list(captured.values())
+    # outside a layer's autocast scope, a Keras variable's value is its backend tf.Variable
+    root.variables_read = [variable.value for variable in model.variables]
+    wrong = [variable.path for variable, value in zip(model.variables, root.variables_read)
+             if not isinstance(value, tf.Variable)]
+    if wrong:
+        raise TypeError(f"Keras variables {wrong} hold no tf.Variable (not the TensorFlow "
+                        f"backend?)")
     return root
 
 
@@ -413,7 +437,7 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
     tmp = os.path.join(export_base, _temporary_name(version))
     try:
         try:
-            tf.saved_model.save(_saveable(signatures), tmp, signatures=signatures)
+            tf.saved_model.save(_saveable(signatures, module.model), tmp, signatures=signatures)
             write_warmup_requests(os.path.join(tmp, "assets.extra", WARMUP_FILE), model_name)
         except tf.errors.OpError as e:  # a full disk: ResourceExhaustedError
             raise OSError(f"cannot write the export into {export_base} "
