@@ -1,10 +1,12 @@
 import contextlib
+import json
 import os
 import pathlib
 import signal
 import struct
 import subprocess
 import sys
+import types
 
 import cv2
 import numpy as np
@@ -121,17 +123,40 @@ def write_undecodable_records(directory, prefix, count=3):
             writer.write(example)
 
 
+def run_scripts(runs):
+    """``subprocess.run``-like results (``returncode``, ``stdout``, ``stderr``) of
+    ``python script ARGS`` run from the repository for each ``(script, args)``, each run
+    forked from one process that loaded TensorFlow once (tests/preloaded_runner.py)."""
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "preloaded_runner.py")],
+                         input=json.dumps([[str(REPO / script), list(map(str, args))]
+                                           for script, args in runs]),
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [types.SimpleNamespace(**result) for result in json.loads(out.stdout)]
+
+
+def assert_scripts_fail_in_one_line(cases):
+    """Runs each ``(script, args, message)``: each must exit 1 with no traceback and no
+    usage dump, its last line ``error: ...`` containing ``message``."""
+    results = run_scripts([(script, args) for script, args, _ in cases])
+    for (script, args, message), out in zip(cases, results):
+        assert_one_line_error(out, message, (script, args))
+
+
+def assert_one_line_error(out, message, what=()):
+    """``out`` (a :func:`run_scripts` result) exited 1 with no traceback and no usage dump,
+    its last line ``error: ...`` containing ``message``."""
+    lines = out.stderr.strip().splitlines()
+    what = (*what, out.stderr[-2000:])
+    assert out.returncode == 1 and "Traceback" not in out.stderr, what
+    assert lines and lines[-1].startswith("error: ") and message in lines[-1], what
+    assert not any(line.startswith("flags:") for line in lines), what
+
+
 def assert_one_line_errors(script, cases):
-    """Runs ``script`` once per ``(args, message)``: each must exit 1 with no traceback and
-    no usage dump, its last line ``error: ...`` containing ``message``."""
-    for args, message in cases:
-        out = subprocess.run([sys.executable, str(REPO / script), *args],
-                             capture_output=True, text=True, timeout=300, cwd=REPO,
-                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        lines = out.stderr.strip().splitlines()
-        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-        assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
-        assert not any(line.startswith("flags:") for line in lines), out.stderr[-2000:]
+    """:func:`assert_scripts_fail_in_one_line` for one script's ``(args, message)``s."""
+    assert_scripts_fail_in_one_line([(script, args, message) for args, message in cases])
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +175,16 @@ def trained(tmp_path_factory):
     result = training.train(config)
     lengths, _ = bone_lengths.compute(config.train_pattern)
     return config, result["model"], lengths, root
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The path of an fp32 export (version 1) of the :func:`trained` model, for the tests
+    that only read one (those that write versions make their own)."""
+    from tf_volpose import export
+    config, model, lengths, _ = trained
+    return export.export_saved_model(model, config, str(tmp_path_factory.mktemp("exported")
+                                                        / "volpose"), lengths)
 
 
 def small_jpeg(h=120, w=90, seed=0):

@@ -64,10 +64,9 @@ def test_serving_config_files_parse():
 
 
 @pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
-    config, model, lengths, _ = trained
+def server(exported, tmp_path_factory):
     base = tmp_path_factory.mktemp("serve") / "volpose"
-    export.export_saved_model(model, config, str(base), lengths)
+    shutil.copytree(exported, base / "1")
     port, rest_port = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "serving" / "server.py"), f"--model_base_path={base}",
@@ -122,12 +121,11 @@ grpc_server.stop(0)
 """
 
 
-def test_server_serves_from_a_bucket(trained, tmp_path):
+def test_server_serves_from_a_bucket(exported, tmp_path):
     """``--model_base_path`` on a file system tf.io.gfile reads, as TF Serving's (ram://,
     in-process, standing in for gs://): versions are found, loaded and polled there.
     Before: "no numeric version directory" (Python's glob) for any URL."""
-    config, model, lengths, _ = trained
-    local = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    local = exported
     image = tmp_path / "photo.jpg"
     image.write_bytes(small_jpeg())
     out = subprocess.run([sys.executable, "-c", SERVE_FROM_A_BUCKET, str(REPO / "serving"), local,
@@ -147,13 +145,13 @@ def test_server_serves_from_a_bucket(trained, tmp_path):
                                           "reached")
 
 
-def test_server_serves_a_newer_version_when_it_appears(trained, tmp_path):
+def test_server_serves_a_newer_version_when_it_appears(trained, exported, tmp_path):
     """As TF Serving polls its base path: a new export is served from the next request on; a
     version directory that does not load (yet) is reported once, the served one keeps serving,
     and it is tried again when its files change."""
     config, model, lengths, _ = trained
     base = tmp_path / "volpose"
-    export.export_saved_model(model, config, str(base), lengths)  # version 1
+    shutil.copytree(exported, base / "1")
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "serving" / "server.py"), f"--model_base_path={base}",

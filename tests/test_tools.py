@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 
 from tf_volpose import bone_lengths, export
-from tests.conftest import (assert_one_line_errors, free_port, jpeg_with_exif_orientation,
-                            small_jpeg)
+from tests.conftest import (assert_one_line_errors, assert_scripts_fail_in_one_line, free_port,
+                            jpeg_with_exif_orientation, small_jpeg)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_predict_tool_writes_the_figure_and_json(trained, tmp_path):
-    config, model, lengths, _ = trained
-    path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+def test_predict_tool_writes_the_figure_and_json(exported, tmp_path):
+    path = exported
     image = tmp_path / "photo.jpg"
     image.write_bytes(small_jpeg(h=240, w=180))
     out = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"), f"--image={image}",
@@ -77,9 +76,8 @@ def test_a_run_directory_alone_exports_and_predicts(trained, tmp_path):
     assert results[0]["root_depth_mm"] == pytest.approx(results[1]["root_depth_mm"], rel=1e-4)
 
 
-def test_predict_tool_sends_an_exif_rotated_photo_upright(trained, tmp_path):
-    config, model, lengths, _ = trained
-    path = export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+def test_predict_tool_sends_an_exif_rotated_photo_upright(exported, tmp_path):
+    path = exported
     stored = cv2.resize(np.random.default_rng(1).integers(0, 255, (4, 6, 3)).astype(np.uint8),
                         (150, 100))  # 100 rows x 150 columns as stored
     image = tmp_path / "phone.jpg"
@@ -113,31 +111,29 @@ def test_tools_report_a_wrong_path_in_one_line(tmp_path):
     """A missing checkpoint or export is one ``error:`` line naming it, exit 1, no traceback."""
     image, _ = _image_and_text_files(tmp_path)
     missing = tmp_path / "runs" / "nothing_here"
-    for tool, args in (("tools/export.py", [f"--checkpoint={missing}",
-                                            f"--export_base={tmp_path / 'exports'}"]),
-                       ("tools/predict.py", [f"--image={image}", f"--saved_model={missing}"]),
-                       ("tools/eval.py", [f"--checkpoint={missing}"]),
-                       ("tools/bone_lengths.py", [f"--checkpoint={missing}"]),
-                       # before the model section's minutes, not after
-                       ("tools/benchmark.py", ["--sections=model,export",
-                                               f"--checkpoint={missing}"]),
-                       ("serving/server.py", [f"--model_base_path={missing}",
-                                              f"--port={free_port()}"])):
-        assert_one_line_errors(tool, [(args, str(missing))])
-    assert not (tmp_path / "exports").exists()  # nothing written
-    assert_one_line_errors("tools/bone_lengths.py", [([], "give --train_pattern")])
     version = tmp_path / "volpose" / "3"  # a version where its base belongs
     version.mkdir(parents=True)
     (version / "saved_model.pb").write_bytes(b"")
-    assert_one_line_errors("serving/server.py", [
-        ([f"--model_base_path={version}", f"--port={free_port()}"],
+    assert_scripts_fail_in_one_line([
+        ("tools/export.py", [f"--checkpoint={missing}", f"--export_base={tmp_path / 'exports'}"],
+         str(missing)),
+        ("tools/predict.py", [f"--image={image}", f"--saved_model={missing}"], str(missing)),
+        ("tools/eval.py", [f"--checkpoint={missing}"], str(missing)),
+        ("tools/bone_lengths.py", [f"--checkpoint={missing}"], str(missing)),
+        ("tools/bone_lengths.py", [], "give --train_pattern"),
+        # before the model section's minutes, not after
+        ("tools/benchmark.py", ["--sections=model,export", f"--checkpoint={missing}"],
+         str(missing)),
+        ("serving/server.py", [f"--model_base_path={missing}", f"--port={free_port()}"],
+         f"{str(missing)!r}: it does not exist"),
+        ("serving/server.py", [f"--model_base_path={version}", f"--port={free_port()}"],
          f"it is a version itself; give its parent, --model_base_path={tmp_path / 'volpose'}"),
-        ([f"--model_base_path={missing}", f"--port={free_port()}"], "it does not exist"),
         # before: served, and every request waited forever for one of 0 inference slots
-        ([f"--model_base_path={version}", "--max_concurrent=0"],
+        ("serving/server.py", [f"--model_base_path={version}", "--max_concurrent=0"],
          "--max_concurrent must be a positive integer, got 0"),
-        ([f"--model_base_path={version}", "--port=99999"],
+        ("serving/server.py", [f"--model_base_path={version}", "--port=99999"],
          "--port must be a port number (1-65535), got 99999")])
+    assert not (tmp_path / "exports").exists()  # nothing written
 
 
 def _first_import_after_stdlib(path):

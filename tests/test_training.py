@@ -19,8 +19,8 @@ from absl import flags
 
 from tf_volpose import bone_lengths, skeleton, training
 from tf_volpose.data import pipeline, records, synthetic
-from tests.conftest import (assert_one_line_errors, copy_to_file_system, set_file_size_limit,
-                            write_undecodable_records)
+from tests.conftest import (assert_one_line_error, copy_to_file_system, run_scripts,
+                            set_file_size_limit, write_undecodable_records)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=8, input_size=64, depths=(1, 4), batch_size=2, checkpoint_every=2,
@@ -388,19 +388,21 @@ def test_tool_reports_missing_or_unreachable_data_without_a_traceback(data_dir, 
     scheme) is one line naming the pattern or directory, as a missing file is."""
     local = [f"--train_pattern={data_dir}/train-*", "--val_pattern=", "--features=8",
              "--input_size=64", "--depths=1,4", "--dry_run"]
-    proc = _run_tool([f"--model_dir={tmp_path}", f"--train_pattern={tmp_path}/none-*", "--dry_run"])
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert "error: no files match" in out and "Traceback" not in out  # and a hint line
-    assert_one_line_errors("tools/train.py", [
-        ([f"--model_dir={tmp_path}", "--train_pattern=nofs://bucket/train-*", "--dry_run"],
-         "cannot list 'nofs://bucket/train-*': File system scheme 'nofs' not implemented"),
-        (["--model_dir=nofs://bucket/run", *local],
-         "model_dir 'nofs://bucket/run' cannot be reached: File system scheme 'nofs'"),
-    ])
-    assert_one_line_errors("tools/eval.py", [(["--checkpoint=nofs://bucket/run"],
-                                              "checkpoint 'nofs://bucket/run.index' cannot be "
-                                              "reached")])
+    no_files, *unreachable = run_scripts([
+        ("tools/train.py", [f"--model_dir={tmp_path}", f"--train_pattern={tmp_path}/none-*",
+                            "--dry_run"]),
+        ("tools/train.py", [f"--model_dir={tmp_path}", "--train_pattern=nofs://bucket/train-*",
+                            "--dry_run"]),
+        ("tools/train.py", ["--model_dir=nofs://bucket/run", *local]),
+        ("tools/eval.py", ["--checkpoint=nofs://bucket/run"])])
+    assert no_files.returncode == 1 and "Traceback" not in no_files.stderr
+    assert "error: no files match" in no_files.stderr
+    assert no_files.stderr.strip().splitlines()[-1].startswith("Convert the dataset first")
+    for out, message in zip(unreachable, [
+            "cannot list 'nofs://bucket/train-*': File system scheme 'nofs' not implemented",
+            "model_dir 'nofs://bucket/run' cannot be reached: File system scheme 'nofs'",
+            "checkpoint 'nofs://bucket/run.index' cannot be reached"]):
+        assert_one_line_error(out, message)
 
 
 def test_synthetic_set_is_rendered_when_missing_or_interrupted_and_kept_when_complete(
