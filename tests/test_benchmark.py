@@ -39,6 +39,7 @@ def test_export_section_compares_fp32_and_bf16_exports(tmp_path):
     result = benchmark.export_precision_speed(model, config, np.full(16, 250.0),
                                               str(tmp_path / "val-*"), batch_size=4, repeats=1)
     assert result["images"] == 6 and result["fp32_img_per_s"] > 0
+    assert result["fp32_export_s"] > 0 and result["bf16_export_s"] > 0
     assert result["bf16_speedup"] == pytest.approx(result["bf16_img_per_s"]
                                                    / result["fp32_img_per_s"])
     for key in ("joint_diff_abs_mm", "joint_diff_root_relative_mm", "joint_diff_voxels",

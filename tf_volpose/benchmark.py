@@ -332,9 +332,10 @@ def export_precision_speed(model, config, bone_lengths, file_pattern, batch_size
                            max_images=200, repeats=3):
     """fp32 vs bf16 SavedModel exports of ``model`` on real requests from records.
 
-    Both exports are written to a temporary directory and called through
-    ``serving_default`` (decode, crop, network, decoding, lifting), in batches
-    of ``batch_size`` over up to ``max_images`` records. Returns throughput
+    Both exports are written to a temporary directory (``<precision>_export_s``:
+    the seconds each took) and called through ``serving_default`` (decode,
+    crop, network, decoding, lifting), in batches of ``batch_size`` over up to
+    ``max_images`` records. Returns throughput
     (best of ``repeats`` passes), the distance between the two exports'
     ``joints_3d_mm`` (mm; absolute and root-relative, per joint) and, where
     the records have 3D ground truth, each export's root-relative MPJPE.
@@ -353,8 +354,10 @@ def export_precision_speed(model, config, bone_lengths, file_pattern, batch_size
     with tempfile.TemporaryDirectory() as tmp:
         functions = {}
         for precision in export.PRECISIONS:
+            start = time.perf_counter()
             path = export.export_saved_model(model, config, os.path.join(tmp, precision),
                                              bone_lengths, precision=precision)
+            result[f"{precision}_export_s"] = time.perf_counter() - start
             functions[precision] = tf.saved_model.load(path).signatures["serving_default"]
             functions[precision](image_bytes=batches[0][0], box=batches[0][1])  # warm up
         best, outputs = {p: float("inf") for p in functions}, {}
