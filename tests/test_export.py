@@ -1,3 +1,4 @@
+import dataclasses
 import glob
 import json
 import os
@@ -252,6 +253,16 @@ def test_serving_module_refuses_settings_that_would_export_a_broken_graph(traine
     arguments = {"bone_lengths": lengths, **change}
     with pytest.raises(ValueError, match=message):
         export.ServingModule(model, config, **arguments)
+
+
+def test_a_regression_model_is_refused_by_export_and_predict(trained, tmp_path):
+    """Before: a KeyError ('stack0') traceback from inside the signatures' trace."""
+    config, _, lengths, _ = trained
+    config = dataclasses.replace(config, model="regression", depths=(1,))
+    model = training.build_model(config)
+    with pytest.raises(ValueError, match="model='regression'.*has no heatmaps"):
+        export.export_saved_model(model, config, str(tmp_path / "volpose"), lengths)
+    assert os.listdir(tmp_path) == []  # no export base made
 
 
 def test_an_export_base_that_is_a_file_is_refused_before_anything_is_saved(trained, tmp_path):

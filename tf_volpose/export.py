@@ -82,6 +82,11 @@ class ServingModule(tf.Module):
             raise ValueError(f"fov_deg must be in (0, 180) degrees, got {fov_deg!r}")
         if decode not in volume.DECODE_METHODS:
             raise ValueError(f"decode must be one of {volume.DECODE_METHODS}, got {decode!r}")
+        if config.model == "regression":  # before: a KeyError traceback from inside the trace
+            raise ValueError("a coordinate-regression model (model='regression', the paper's "
+                             "Table 1 baseline) has no heatmaps, and the signatures serve "
+                             "heatmaps: export and predict take volumetric and decoupled "
+                             "models; evaluate this one with tools/eval.py")
         self.model = model
         self.config = config
         self.joint_set = skeleton.get_joint_set(config.joint_set)
@@ -423,6 +428,9 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
         bucket with the version pinned (serving/README.md).
     """
     _files.check_directory(_files.require_local(export_base, "export_base"), "export_base")
+    # built first: settings it refuses leave no export base behind
+    module = ServingModule(build_for_precision(model, config, precision), config, bone_lengths,
+                           decode, fov_deg)
     os.makedirs(export_base, exist_ok=True)
     for stale in filter(_left_by_a_dead_export, glob.glob(os.path.join(export_base, ".tmp-*"))):
         shutil.rmtree(stale, ignore_errors=True)
@@ -433,8 +441,6 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
     final = os.path.join(export_base, str(version))
     if os.path.exists(final):
         raise ValueError(f"export version {final} already exists; choose another --version")
-    module = ServingModule(build_for_precision(model, config, precision), config, bone_lengths,
-                           decode, fov_deg)
     signatures = {name: getattr(module, name) for name in SIGNATURES}
     tmp = os.path.join(export_base, _temporary_name(version))
     try:
