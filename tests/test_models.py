@@ -10,6 +10,15 @@ from tests import model_helper
 TINY = dict(features=16, input_size=64)
 
 
+@pytest.fixture(autouse=True)
+def seeded_weights():
+    """Every model here starts from the same weights. Tiny models at initialisation, with
+    batch statistics of two images, have a rough loss: from unseeded weights, three
+    RMSprop steps on a fixed batch raised the hg-stacked loss in 2 of 60 seeds (seen
+    once in CI: 0.7039 -> 0.7064), so "training lowers the loss" failed by chance."""
+    keras.utils.set_random_seed(0)
+
+
 def _batch(rng, joints=17, n=2):
     images = tf.constant(rng.uniform(0, 1, (n, 64, 64, 3)).astype(np.float32))
     voxels = tf.constant(rng.uniform(2, 14, (n, joints, 3)) * [1, 1, 4])  # 16x16 grid, d=64
