@@ -76,8 +76,8 @@ class ServingModule(tf.Module):
     def __init__(self, model, config, bone_lengths, decode="local_softargmax",
                  fov_deg=DEFAULT_FOV_DEG):
         super().__init__(name="volpose")
-        # checked here: in the graph, a zero field of view gave infinite focal lengths and
-        # every answer NaN, with the export written as if it were fine
+        # checked here: in the graph, a zero field of view gives infinite focal lengths,
+        # and the export was written as if it were fine
         if not 0.0 < float(fov_deg) < 180.0:
             raise ValueError(f"fov_deg must be in (0, 180) degrees, got {fov_deg!r}")
         if decode not in volume.DECODE_METHODS:
@@ -345,11 +345,6 @@ def _saveable(functions, model):
         setattr(root, name, function)
     # outside a layer's autocast scope, a Keras variable's value is its backend tf.Variable
     root.variables_read = [variable.value for variable in model.variables]
-    wrong = [variable.path for variable, value in zip(model.variables, root.variables_read)
-             if not isinstance(value, tf.Variable)]
-    if wrong:
-        raise TypeError(f"Keras variables {wrong} hold no tf.Variable (not the TensorFlow "
-                        f"backend?)")
     return root
 
 
