@@ -440,6 +440,39 @@ def test_synthetic_set_is_rendered_when_missing_or_interrupted_and_kept_when_com
     assert not (tmp_path / "unused").exists()
 
 
+def test_patterns_that_would_miss_the_rendered_set_are_refused_before_rendering(
+        tmp_path, monkeypatch):
+    """Given only another synthetic_dir (the config's patterns still point at
+    data/synthetic), a run rendered there for minutes, then failed with "no files
+    match" and a hint to convert a dataset. Now it is refused before rendering."""
+    rendered = []
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: rendered.append(a) or {})
+    directory = tmp_path / "synthetic"
+    config = _config(directory, tmp_path / "run", synthetic_dir=str(directory),
+                     synthetic_train=4, synthetic_val=2)
+    for kw, name, split in (({"train_pattern": str(tmp_path / "elsewhere" / "train-*")},
+                             "train_pattern", "train"),
+                            ({"val_pattern": "data/synthetic/val-*"}, "val_pattern", "val")):
+        with pytest.raises(ValueError) as e:
+            training.train(dataclasses.replace(config, **kw), dry_run=True)
+        assert str(e.value) == (
+            f"{name} {kw[name]!r} matches no files and would not match the synthetic records "
+            f"rendered into synthetic_dir {str(directory)!r} (such as {split}-00000.tfrecord): "
+            f"point it into that directory, e.g. {str(directory / (split + '-*'))!r}")
+    assert rendered == [] and not directory.exists()
+    # patterns that do reach it, through a symlink or with a comma, render as before
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for kw in ({"synthetic_dir": str(tmp_path / "link"),
+                "train_pattern": str(tmp_path / "real" / "train-*"),
+                "val_pattern": str(tmp_path / "real" / "val-*")},
+               {"train_pattern": f"{tmp_path / 'elsewhere' / 'x-*'}, {directory / 'train-*'}"}):
+        rendered.clear()
+        with pytest.raises(ValueError, match="no files match"):  # the stub wrote nothing
+            training.train(dataclasses.replace(config, **kw), dry_run=True)
+        assert len(rendered) == 1
+
+
 def test_records_that_yield_nothing_are_named_before_a_checkpoint(data_dir, tmp_path):
     """Files that match but hold no usable record (here records whose image does not
     decode) end the repeated training stream at once, or leave validation empty: each is

@@ -18,6 +18,7 @@ interval and never leaves one that fails to restore.
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_volpose import _files, bone_lengths, camera, losses, skeleton, summaries, volume
-from tf_volpose.data import augment, pipeline, synthetic
+from tf_volpose.data import augment, pipeline, records, synthetic
 from tf_volpose.models import decoupled, hourglass, regression, volumetric
 
 MODELS = ("volumetric", "regression", "decoupled")
@@ -89,7 +90,8 @@ class TrainConfig:
                                    "joints swapped); 0 where images mark left and right, "
                                    "as the synthetic data's colours do.")
     synthetic_dir: str = _field("", "If set and train_pattern matches nothing (or only an "
-                                "incomplete set here), render synthetic data here.")
+                                "incomplete set here), render synthetic data here; "
+                                "train_pattern and val_pattern must point into it.")
     synthetic_train: int = _field(0, "Synthetic training records to render.")
     synthetic_val: int = _field(0, "Synthetic validation records to render.")
 
@@ -454,6 +456,8 @@ def _ensure_data(config, report):
         return  # real data elsewhere
     _files.check_directory(_files.require_local(config.synthetic_dir, "synthetic_dir"),
                            "synthetic_dir")
+    if not files:
+        _check_patterns_find_rendered(config)
     wanted = {"num_train": config.synthetic_train, "num_val": config.synthetic_val,
               "seed": config.seed}
 
@@ -476,6 +480,34 @@ def _ensure_data(config, report):
         counts = synthetic.generate(config.synthetic_dir, config.synthetic_train,
                                     config.synthetic_val, seed=config.seed)
         report({"event": "data", "message": f"wrote {counts} records"})
+
+
+def _check_patterns_find_rendered(config):
+    """Raises a ValueError, before anything is rendered, when ``train_pattern`` (or
+    ``val_pattern``, where set and matching nothing yet) would not match the shards
+    rendered into ``synthetic_dir``: rendering there could not help, and a run given
+    only another ``synthetic_dir`` used to render for minutes, then fail with "no
+    files match" and a hint to convert a dataset."""
+    for name, split in (("train_pattern", "train"), ("val_pattern", "val")):
+        pattern = getattr(config, name)
+        if not pattern or (split == "val" and _matches_anything(pattern)):
+            continue
+        shard = records.shard_name(config.synthetic_dir, split, 0)
+        # realpath as well as abspath: a symlink on either side still finds the shards
+        if not any(fnmatch.fnmatchcase(norm(shard), norm(p.strip()))
+                   for p in pattern.split(",") for norm in (os.path.abspath, os.path.realpath)):
+            raise ValueError(
+                f"{name} {pattern!r} matches no files and would not match the synthetic "
+                f"records rendered into synthetic_dir {config.synthetic_dir!r} (such as "
+                f"{os.path.basename(shard)}): point it into that directory, e.g. "
+                f"{os.path.join(config.synthetic_dir, split + '-*')!r}")
+
+
+def _matches_anything(pattern):
+    try:
+        return bool(pipeline.list_files(pattern))
+    except ValueError:
+        return False
 
 
 def _no_usable_records(name, file_pattern):
