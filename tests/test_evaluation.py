@@ -245,7 +245,15 @@ def test_eval_tool_oracle_from_the_command_line(data_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.load(open(tmp_path / "metrics.json"))
     assert data["options"]["decode"] == "argmax" and data["source"] == "oracle (argmax)"
-    assert "MPJPE" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "MPJPE" in report
+    # what it prints is the report, title included (before, the title lost the options)
+    title = "# tf_volpose evaluation: oracle (argmax), decode=argmax, root depth=gt\n"
+    assert report.startswith(title) and out.stdout.startswith(title)
+    assert out.stdout.splitlines()[-1] == f"wrote {tmp_path}/metrics.json, {tmp_path}/report.md"
+    flipped = dict(data, options=dict(data["options"], flip_test=True, root_depth="bone_lengths"))
+    assert evaluation.report_title(flipped) == ("tf_volpose evaluation: oracle (argmax), "
+                                                "decode=argmax, flip test, root depth=bone_lengths")
     # a library error reaches the user as one line, not a traceback
     out = subprocess.run(
         [sys.executable, str(repo / "tools" / "eval.py"), f"--train_pattern={data_dir}/train-*",

@@ -398,5 +398,13 @@ def evaluate(config, options, checkpoint=None, output_dir=None, file_pattern=Non
     result = compute_metrics(predictions, skeleton.get_joint_set(config.joint_set))
     result["options"] = dataclasses.asdict(options)
     result["source"] = source
-    title = f"tf_volpose evaluation: {source}, decode={options.decode}, root depth={options.root_depth}"
-    return result, write_report(result, output_dir, title)
+    return result, write_report(result, output_dir, report_title(result))
+
+
+def report_title(result):
+    """The title of ``report.md``: what was evaluated, how it was decoded and where
+    its root depth came from (``result`` as :func:`evaluate` returns it)."""
+    options = result["options"]
+    return (f"tf_volpose evaluation: {result['source']}, decode={options['decode']}"
+            f"{', flip test' if options['flip_test'] else ''}, "
+            f"root depth={options['root_depth']}")

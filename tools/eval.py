@@ -49,7 +49,7 @@ def main(argv):
         train_tool.point_at_calibrated_bone_lengths(FLAGS.checkpoint)
     result, paths = evaluation.evaluate(config, options, FLAGS.checkpoint or None,
                                         FLAGS.output_dir, pattern)
-    print(evaluation.report_markdown(result, f"{result['source']}"))
+    print(evaluation.report_markdown(result, evaluation.report_title(result)))
     print("wrote " + ", ".join(paths))
 
 
