@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, assert_one_line_errors
+from tests.conftest import REPO, assert_one_line_errors, run_scripts
 from tf_volpose import benchmark, training, volume
 
 
@@ -110,6 +110,22 @@ def test_benchmark_tool_checks_the_reference_before_measuring(tmp_path):
         ([f"--reference_json={wrong}", "--sections=model"], "measured features=64"),
         ([f"--reference_json={wrong}", "--sections=loss"], "needs --sections=model"),
     ])
+
+
+def test_benchmark_tool_loss_and_decode_sections_measure_the_models_last_stack(tmp_path):
+    """Both sections take the benchmarked model's joints, heatmap side, last depth and
+    (the loss) width: the loss section used to measure 256 features at 64^3 whatever
+    the flags said."""
+    (out,) = run_scripts([("tools/benchmark.py", [
+        "--sections=loss,decode", "--features=4", "--input_size=64", "--depths=1,8",
+        "--batch_size=1", "--repeats=1", f"--output_json={tmp_path / 'b.json'}"])])
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((tmp_path / "b.json").read_text())
+    assert {k: results["loss"][k] for k in ("joints", "size", "depth", "features")} == {
+        "joints": 17, "size": 16, "depth": 8, "features": 4}
+    assert results["loss"]["dense_target_bytes"] == 16 * 16 * 17 * 8 * 4
+    assert {k: results["decode"][k] for k in ("joints", "size", "depth")} == {
+        "joints": 17, "size": 16, "depth": 8}
 
 
 def test_pytorch_reference_is_the_same_network(tmp_path):

@@ -192,7 +192,8 @@ def loss_speed(batch_size=4, joints=17, size=64, depth=64, features=256, repeats
 
     head_sources = [head_input, kernel, bias]
     volume_bytes = batch_size * size * size * joints * depth * 4
-    return {"batch_size": batch_size, "joints": joints, "depth": depth, "features": features,
+    return {"batch_size": batch_size, "joints": joints, "size": size, "depth": depth,
+            "features": features,
             "separable_ms": timed(lambda: losses.volumetric_loss(heatmaps, voxels, depth),
                                   [heatmaps]),
             "dense_ms": timed(lambda: losses.dense_volumetric_loss(heatmaps, voxels, depth),

@@ -85,14 +85,16 @@ def main(argv):
         results["model"] = section
         print(json.dumps(section, indent=2))
     if "loss" in FLAGS.sections:
-        section = benchmark.loss_speed(FLAGS.batch_size, repeats=FLAGS.repeats)
+        # the benchmarked model's last stack (the defaults are issue #3's: 17 joints, 64^3)
+        section = benchmark.loss_speed(FLAGS.batch_size, config.num_joints,
+                                       config.xy_res, config.depths[-1],
+                                       config.features, FLAGS.repeats)
         section["speedup"] = section["dense_ms"] / section["separable_ms"]
         section["head_fused_speedup"] = section["head_dense_ms"] / section["head_fused_ms"]
         results["loss"] = section
         print(json.dumps(section, indent=2))
     if "decode" in FLAGS.sections:
-        size = config.input_size // 4
-        section = benchmark.decode_speed(FLAGS.batch_size, config.num_joints, size,
+        section = benchmark.decode_speed(FLAGS.batch_size, config.num_joints, config.xy_res,
                                          config.depths[-1], FLAGS.repeats)
         results["decode"] = section
         print(json.dumps(section, indent=2))
