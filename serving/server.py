@@ -25,9 +25,12 @@ import os
 import struct
 import threading
 
-# TensorFlow's C++ INFO records off unless TF_CPP_MIN_LOG_LEVEL says otherwise; this must
-# come before TensorFlow loads (tools/_cli.py does the same for the tools)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# TensorFlow's C++ INFO records off unless TF_CPP_MIN_LOG_LEVEL says otherwise, those it
+# writes while it loads included; this must come before TensorFlow loads (tools/_cli.py
+# does the same for the tools)
+from tf_volpose import _startup
+
+_startup.import_tensorflow_quietly()
 
 import grpc
 import numpy as np

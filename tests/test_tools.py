@@ -1,5 +1,6 @@
 import ast
 import json
+import re
 import os
 import pathlib
 import shutil
@@ -10,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tf_volpose import bone_lengths, export
+from tf_volpose import _startup, bone_lengths, export
 from tests.conftest import (assert_one_line_errors, assert_scripts_fail_in_one_line, free_port,
                             jpeg_with_exif_orientation, small_jpeg)
 
@@ -150,31 +151,66 @@ def _first_import_after_stdlib(path):
 
 def test_tools_quiet_tensorflow_before_it_loads(tmp_path):
     """TensorFlow reads TF_CPP_MIN_LOG_LEVEL once, when it loads: every tool's first
-    non-stdlib import is ``_cli`` (which sets it), the serving scripts set it before any such
-    import, and a tool run without it prints none of TensorFlow's C++ INFO records (the CPU
-    feature notice), which a run with ``TF_CPP_MIN_LOG_LEVEL=0`` shows."""
+    non-stdlib import is ``_cli``, which, like the serving scripts, first imports TensorFlow
+    through ``_startup.import_tensorflow_quietly`` (it sets the level). A tool run without it
+    prints none of TensorFlow's C++ INFO records: not the CPU feature notice, nor those
+    TensorFlow writes while it loads, before it honours the level (before, six lines ahead of
+    every tool's output), nor do the rendering processes that make_synthetic spawns; a run
+    with ``TF_CPP_MIN_LOG_LEVEL=0`` shows them."""
     for path in sorted((REPO / "tools").glob("*.py")):
         if path.name != "_cli.py":
             node, _ = _first_import_after_stdlib(path)
             assert isinstance(node, ast.Import) and node.names[0].name == "_cli", path
-    for path in sorted((REPO / "serving").glob("*.py")):
-        _, before = _first_import_after_stdlib(path)
-        assert any("TF_CPP_MIN_LOG_LEVEL" in ast.unparse(node) for node in before), path
+    for path in [REPO / "tools" / "_cli.py", *sorted((REPO / "serving").glob("*.py"))]:
+        node, before = _first_import_after_stdlib(path)
+        assert ast.unparse(node) == "from tf_volpose import _startup", path
+        after = ast.parse(path.read_text()).body[len(before) + 1]
+        assert ast.unparse(after) == "_startup.import_tensorflow_quietly()", path
 
-    def stderr(level):
+    def stderr(level, script="tools/export.py", args=(f"--checkpoint={tmp_path / 'missing'}",
+                                                       f"--export_base={tmp_path / 'exports'}"),
+               status=1):
         env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
         if level is not None:
             env["TF_CPP_MIN_LOG_LEVEL"] = level
-        out = subprocess.run([sys.executable, str(REPO / "tools/export.py"),
-                              f"--checkpoint={tmp_path / 'missing'}",
-                              f"--export_base={tmp_path / 'exports'}"],
+        out = subprocess.run([sys.executable, str(REPO / script), *args],
                              capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
-        assert out.returncode == 1, out.stderr[-2000:]
+        assert out.returncode == status, out.stderr[-2000:]
         return out.stderr
 
-    if "cpu_feature_guard" not in stderr("0"):
+    def info_records(text):
+        return [line for line in text.splitlines()
+                if re.match(r"I\d{4} \d+:\d+:\d+\.\d+ +\d+ \S+:\d+\] ", line)
+                or "before absl::InitializeLog() is called" in line]
+
+    loud = stderr("0")
+    if "cpu_feature_guard" not in loud or not info_records(loud):
         pytest.skip("this TensorFlow build logs no CPU feature notice on this CPU")
-    assert "cpu_feature_guard" not in stderr(None)
+    quiet = stderr(None)
+    assert not info_records(quiet), quiet[-2000:]
+    assert quiet.strip().splitlines()[-1].startswith(f"error: checkpoint {str(tmp_path / 'missing')!r}")
+    rendering = stderr(None, "tools/make_synthetic.py", [f"--output_dir={tmp_path / 'synthetic'}",
+                                                         "--num_train=2", "--num_val=0"], 0)
+    assert not info_records(rendering), rendering[-2000:]
+
+
+def test_startup_records_below_the_level_are_dropped():
+    banner = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+    lines = [banner,
+             "I0000 00:00:1796164937.365966    8773 port.cc:153] oneDNN custom operations are on.",
+             "I1201 21:32:24.000001 12 cpu_feature_guard.cc:227] This TensorFlow binary is optimized",
+             "/x/y.py:3: DeprecationWarning: from Python, after a dropped record",
+             "W0000 00:00:1796164937.4    8773 some.cc:1] a warning",
+             "E0000 00:00:1796164939.875402    8773 cuda_platform.cc:52] failed call to cuInit",
+             "F0000 00:00:1796164939.9    8773 x.cc:9] fatal",
+             "Ixxxx not a record; partial line without newline"]
+    text = "\n".join(lines)
+    below = _startup.without_records_below
+    assert below(text, 0) == text
+    assert below(text, 1) == "\n".join(lines[3:])
+    assert below(text, 2) == "\n".join([lines[3], *lines[5:]])
+    assert below(text, 3) == "\n".join([lines[3], *lines[6:]])
+    assert below(f"{banner}\r\nkept\r\n", 1) == "kept\r\n"
 
 
 def _bad_image_box_and_focal_args(tmp_path):

@@ -9,18 +9,19 @@
   time a record reader starts) are off too: this module sets
   ``TF_CPP_MIN_LOG_LEVEL=1`` unless it is set, which works only before TensorFlow
   loads, so every tool imports it before anything that imports TensorFlow.
-  ``TF_CPP_MIN_LOG_LEVEL=0`` brings them back; a few lines TensorFlow writes
-  before its logging starts show either way.
+  ``TF_CPP_MIN_LOG_LEVEL=0`` brings them back. So are the INFO records TensorFlow
+  writes while it loads, before it honours the level (``tf_volpose._startup``).
 * The library reports bad input (a path, a field, a value) as ``ValueError`` or
   ``OSError`` (and the converters as ``ConversionError``) with a message that
   names it: the tool prints that message as one ``error: ...`` line and exits
   with status 1, instead of a traceback.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+from tf_volpose import _startup
+
+_startup.import_tensorflow_quietly()  # sets TF_CPP_MIN_LOG_LEVEL=1 unless it is set
 
 from absl import app, flags, logging  # noqa: E402
 
