@@ -213,6 +213,32 @@ def test_startup_records_below_the_level_are_dropped():
     assert below(f"{banner}\r\nkept\r\n", 1) == "kept\r\n"
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_startup_import_holds_back_fd2_and_shows_everything_when_it_fails(
+        monkeypatch, capfd, fails):
+    """What the import writes to file descriptor 2 (where C++ writes) is written out
+    after it, filtered; a failing import shows all of it, then raises."""
+    record = "I0000 00:00:1796164937.365966    8773 port.cc:153] oneDNN custom operations are on.\n"
+
+    def fake_import(name):
+        assert name == "tensorflow"
+        os.write(2, (record + "a line of its own\n").encode())
+        if fails:
+            raise ImportError("no TensorFlow here")
+
+    monkeypatch.delitem(sys.modules, "tensorflow")  # restored after the test
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    monkeypatch.setattr(_startup.importlib, "import_module", fake_import)
+    capfd.readouterr()
+    if fails:
+        with pytest.raises(ImportError, match="no TensorFlow here"):
+            _startup.import_tensorflow_quietly()
+    else:
+        _startup.import_tensorflow_quietly()
+    os.write(2, b"after\n")  # descriptor 2 is the test's again
+    assert capfd.readouterr().err == (record if fails else "") + "a line of its own\nafter\n"
+
+
 def _bad_image_box_and_focal_args(tmp_path):
     """``(args, message)``: bad ``--image``, ``--box`` and ``--focal`` values that
     tools/predict.py and serving/client.py both refuse before any work, and what they say."""
