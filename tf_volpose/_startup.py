@@ -30,7 +30,8 @@ _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 
 
 def min_log_level():
-    """``TF_CPP_MIN_LOG_LEVEL`` as TensorFlow reads it: an integer, 0 when unset or not one."""
+    """``TF_CPP_MIN_LOG_LEVEL`` as an integer; 0 (nothing filtered) when it is unset or
+    not an integer."""
     try:
         return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
     except ValueError:
