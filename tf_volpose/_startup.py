@@ -11,10 +11,11 @@ absl's banner ``All log messages before absl::InitializeLog() is called are writ
 to STDERR``, ``oneDNN custom operations are on`` and, on a machine without a GPU,
 ``Could not find cuda drivers``: six lines before every tool's first word of
 output. (Errors are not INFO: CUDA's ``failed call to cuInit`` on a machine without
-a GPU comes later, when the first operation runs, and shows as before.) :func:`import_tensorflow_quietly` holds back
-what the import writes to file descriptor 2 and then writes it out without the
-records below the level, so ``TF_CPP_MIN_LOG_LEVEL`` means for them what it means
-for the rest (``0`` shows everything, as before).
+a GPU comes later, when the first operation runs, and shows as before.)
+:func:`import_tensorflow_quietly` holds back what the import writes to file
+descriptor 2 and then writes it out without the records below the level, so
+``TF_CPP_MIN_LOG_LEVEL`` means for them what it means for the rest (``0`` shows
+everything, as before).
 """
 
 import importlib
