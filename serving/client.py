@@ -31,7 +31,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from tf_volpose import camera, crop
+from tf_volpose import _files, camera, crop
 
 JOINT_NAMES = ("pelvis", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "spine",
                "thorax", "neck", "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder",
@@ -188,7 +188,7 @@ def main(argv):
         box = crop.xywh_or_whole_image(FLAGS.box, (image.shape[1], image.shape[0]))
         focal = camera.focal_lengths(FLAGS.focal) if FLAGS.focal else None
     except (ValueError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"error: {_files.error_message(e)}") from None
     # a calibrated camera: the with_intrinsics signature, principal point at the image centre
     # (as tools/predict.py does)
     calibrated = dict(signature="with_intrinsics", focal=focal,

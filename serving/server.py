@@ -42,6 +42,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from tf_volpose import _files
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_base_path", "exports/volpose", "Directory of numeric versions.")
 flags.DEFINE_string("model_name", "volpose", "Model name clients ask for.")
@@ -462,7 +464,7 @@ def main(argv):
                                     FLAGS.host, FLAGS.rest_port, FLAGS.max_concurrent,
                                     FLAGS.max_pixels, FLAGS.max_batch_size)
     except (ValueError, OSError) as e:  # no export there, a port taken: one line, exit 1
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {_files.error_message(e)}")
     print(f"serving {model.name} version {model.version} from {model.path} on "
           f"{FLAGS.host}:{FLAGS.port} (gRPC)" + (f" and :{FLAGS.rest_port} (REST)" if rest else ""),
           flush=True)

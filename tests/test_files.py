@@ -1,4 +1,6 @@
+import errno
 import os
+import re
 import signal
 import threading
 import time
@@ -6,7 +8,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from tf_volpose import _files
+from tf_volpose import _files, training
 from tests.conftest import file_size_limit
 
 
@@ -102,6 +104,37 @@ def test_error_message_drops_the_eager_op_wrapping(tmp_path):
     assert "{{function_node" in raised.value.message and "[Op:ReadFile]" in raised.value.message
     assert _files.error_message(raised.value) == f"{missing}; No such file or directory"
     assert _files.error_message(OSError("plain")) == "plain"
+
+
+def test_os_errors_read_as_file_then_reason(tmp_path):
+    """Python words a failed open "[Errno 2] No such file or directory: '<file>'"; the tools
+    print "<file>: <reason>", and messages that name the file already add the reason alone."""
+    missing = str(tmp_path / "nothing.json")
+    with pytest.raises(FileNotFoundError) as raised:
+        open(missing)
+    assert str(raised.value) == f"[Errno 2] No such file or directory: {missing!r}"
+    assert _files.error_message(raised.value) == f"{missing}: No such file or directory"
+    assert _files.error_reason(raised.value) == "No such file or directory"
+    renamed = OSError(errno.EXDEV, "Invalid cross-device link", "a", None, "b")
+    assert _files.error_message(renamed) == "a -> b: Invalid cross-device link"
+    assert _files.error_message(OSError(errno.ENOSPC, "No space left")) == "No space left"
+    assert _files.error_reason(ValueError("not JSON")) == "not JSON"
+
+
+def test_read_text_names_the_file_once(tmp_path):
+    """Before: "<file>: <file>; No such file or directory" (gfile's message inside ours), and
+    a plain OSError where a local read raises FileNotFoundError."""
+    missing = str(tmp_path / "config.json")
+    with pytest.raises(FileNotFoundError) as raised:
+        _files.read_text(missing)
+    assert raised.value.filename == missing
+    assert _files.error_message(raised.value) == f"{missing}: No such file or directory"
+    with pytest.raises(OSError) as raised:
+        _files.read_text(str(tmp_path))
+    assert _files.error_message(raised.value) == f"{tmp_path}: Is a directory"
+    with pytest.raises(ValueError, match=r"^cannot read the training config "
+                       rf"{re.escape(missing)}: No such file or directory$"):
+        training.load_config(str(tmp_path))
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")

@@ -243,7 +243,10 @@ def _bad_image_box_and_focal_args(tmp_path):
     """``(args, message)``: bad ``--image``, ``--box`` and ``--focal`` values that
     tools/predict.py and serving/client.py both refuse before any work, and what they say."""
     image, text = _image_and_text_files(tmp_path)  # a 48x64 JPEG and a text file
-    return [([f"--image={tmp_path / 'missing.jpg'}"], "missing.jpg"),
+    # before: "[Errno 2] No such file or directory: '.../missing.jpg'"
+    return [([f"--image={tmp_path / 'missing.jpg'}"],
+             f"error: {tmp_path / 'missing.jpg'}: No such file or directory"),
+            ([f"--image={tmp_path}"], f"error: {tmp_path}: Is a directory"),
             ([f"--image={text}"], f"{text} is not a JPEG or PNG image"),
             ([f"--image={image}", "--box=0,0,0,10"], "box width and height must be positive"),
             ([f"--image={image}", "--box=0,0,nan,10"], "NaN or Inf"),

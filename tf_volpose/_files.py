@@ -8,6 +8,7 @@ synthetic rendering, exports, locks) says so when given a URL.
 """
 
 import contextlib
+import errno
 import glob
 import os
 import re
@@ -17,12 +18,25 @@ import tensorflow as tf
 
 
 def error_message(error):
-    """The message of a TensorFlow ``OpError`` on one line, without the op wrapping
-    an eager call adds (``{{function_node __wrapped__SaveV2...}} ... [Op:SaveV2]``)."""
+    """The message of an error on one line: a TensorFlow ``OpError``'s without the op
+    wrapping an eager call adds (``{{function_node __wrapped__SaveV2...}} ...
+    [Op:SaveV2]``); an ``OSError``'s as ``<file>: <reason>`` instead of Python's
+    ``[Errno 2] No such file or directory: '<file>'``."""
+    if isinstance(error, OSError) and error.strerror:
+        names = [os.fspath(n) for n in (error.filename, error.filename2) if n is not None]
+        return ": ".join([" -> ".join(names)] * bool(names) + [error.strerror])
     message = getattr(error, "message", None) or str(error)
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
     return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\](\s*name:\s*\S*)?$", "",
                   message)
+
+
+def error_reason(error):
+    """What went wrong, for a message that already names the file: an ``OSError``'s
+    reason alone (``No such file or directory``), otherwise :func:`error_message`."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return error_message(error)
 
 
 def is_url(path):
@@ -133,7 +147,22 @@ def read_text(path):
         with tf.io.gfile.GFile(path, "r") as f:
             return f.read()
     except tf.errors.OpError as e:  # gfile's errors, as the OSError local reads give
-        raise OSError(f"{path}: {error_message(e)}") from e
+        raise _os_error(e, path) from e
+
+
+# the errno of Python's own failed reads for gfile's errors (OSError(errno, ...) then
+# is FileNotFoundError, PermissionError, as callers of a local read expect)
+_ERRNOS = {tf.errors.NotFoundError: errno.ENOENT, tf.errors.PermissionDeniedError: errno.EACCES}
+
+
+def _os_error(op_error, path):
+    """An ``OSError`` naming ``path`` with the reason ``op_error`` gives, which gfile
+    writes as ``<path>; <reason>`` (the path said once, not three times)."""
+    reason = error_message(op_error)
+    for prefix in (f"{path}; ", f"{path}: "):
+        if reason.startswith(prefix):
+            reason = reason[len(prefix):]
+    return OSError(_ERRNOS.get(type(op_error), errno.EIO), reason, path)
 
 
 @contextlib.contextmanager

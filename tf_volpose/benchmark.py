@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import crop, losses, metrics, training, volume
+from tf_volpose import _files, crop, losses, metrics, training, volume
 from tf_volpose.data import pipeline, records, synthetic
 
 
@@ -124,7 +124,8 @@ def load_reference(path, config, batch_size):
         with open(path) as f:
             reference = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read the PyTorch reference {path}: {e}") from None
+        raise ValueError(f"cannot read the PyTorch reference {path}: "
+                         f"{_files.error_reason(e)}") from None
     missing = [k for k in ("forward_img_per_s", "train_img_per_s")
                if not isinstance(reference, dict) or k not in reference]
     if missing:

@@ -107,7 +107,7 @@ def _read(path, joint_set):
         data = json.loads(_files.read_text(path))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read bone lengths {path!r} (write it with "
-                         f"tools/bone_lengths.py): {e}") from e
+                         f"tools/bone_lengths.py): {_files.error_reason(e)}") from e
     if not isinstance(data, dict):
         data = {}
     lengths = np.asarray(data.get("lengths_mm", []), dtype=np.float64)

@@ -880,7 +880,8 @@ def load_config(model_dir):
     try:
         values = json.loads(_files.read_text(path))
     except (OSError, ValueError) as e:  # unreadable, or not JSON (a damaged copy)
-        raise ValueError(f"cannot read the training config {path}: {e}") from e
+        raise ValueError(f"cannot read the training config {path}: "
+                         f"{_files.error_reason(e)}") from e
     if not isinstance(values, dict):
         raise ValueError(f"{path} holds no training config (a JSON object of TrainConfig "
                          f"fields), got {type(values).__name__}")

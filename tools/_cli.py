@@ -25,6 +25,8 @@ _startup.import_tensorflow_quietly()  # sets TF_CPP_MIN_LOG_LEVEL=1 unless it is
 
 from absl import app, flags, logging  # noqa: E402
 
+from tf_volpose import _files  # noqa: E402
+
 
 def run(main, errors=()):
     """``app.run(main)`` at WARNING verbosity unless ``--verbosity`` is given.
@@ -39,6 +41,6 @@ def run(main, errors=()):
         try:
             return main(argv)
         except (ValueError, OSError) + tuple(errors) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_files.error_message(e)}", file=sys.stderr)
             sys.exit(1)
     app.run(readable_main)

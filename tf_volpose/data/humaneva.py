@@ -16,7 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import camera, crop
+from tf_volpose import _files, camera, crop
 from tf_volpose.data import records
 from tf_volpose.data.h36m import ConversionError
 
@@ -29,7 +29,7 @@ def _load(path, key):
     try:
         return np.load(path, allow_pickle=True)[key].item()
     except (OSError, KeyError, ValueError) as e:
-        raise ConversionError(f"cannot read {key} from {path}: {e}") from e
+        raise ConversionError(f"cannot read {key} from {path}: {_files.error_reason(e)}") from e
 
 
 def convert(npz_3d, npz_2d, frames_root, output_dir, frames_pattern=DEFAULT_FRAMES_PATTERN,

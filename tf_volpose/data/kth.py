@@ -27,7 +27,7 @@ import os
 import cv2
 import numpy as np
 
-from tf_volpose import camera, crop, skeleton
+from tf_volpose import _files, camera, crop, skeleton
 from tf_volpose.data import records
 from tf_volpose.data.h36m import ConversionError
 
@@ -42,7 +42,7 @@ def _read_matlab_array(path, leading_shape):
     try:
         values = np.loadtxt(path, dtype=np.float64, ndmin=1)
     except (OSError, ValueError) as e:
-        raise ConversionError(f"cannot read {path}: {e}") from e
+        raise ConversionError(f"cannot read {path}: {_files.error_reason(e)}") from e
     per_frame = int(np.prod(leading_shape))
     if values.size == 0 or values.size % per_frame:
         raise ConversionError(f"{path}: {values.size} numbers is not a multiple of "

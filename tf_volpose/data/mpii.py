@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import camera
+from tf_volpose import _files, camera
 from tf_volpose.data import records
 from tf_volpose.data.h36m import ConversionError
 
@@ -29,7 +29,8 @@ def convert(annotations, images_dir, output_dir, split="train", strict=False,
             scales = np.asarray(f["scale"], np.float64)
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["imgname"][()]]
     except (OSError, KeyError) as e:
-        raise ConversionError(f"cannot read MPII annotations {annotations}: {e}") from e
+        raise ConversionError(f"cannot read MPII annotations {annotations}: "
+                              f"{_files.error_reason(e)}") from e
     skipped = collections.Counter()
     written = 0
     with records.ShardedWriter(output_dir, split, examples_per_shard) as writer:

@@ -212,7 +212,8 @@ def load_motion(path):
     try:
         data = np.load(path)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read motion file {path} as a NumPy .npz archive: {e}") from e
+        raise ValueError(f"cannot read motion file {path} as a NumPy .npz archive: "
+                         f"{_files.error_reason(e)}") from e
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(f"motion file {path} is a single .npy array, not an .npz archive "
                          f"of \"S<n>/<action>\" sequences")
