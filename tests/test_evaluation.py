@@ -254,6 +254,11 @@ def test_eval_tool_oracle_from_the_command_line(data_dir, tmp_path):
     flipped = dict(data, options=dict(data["options"], flip_test=True, root_depth="bone_lengths"))
     assert evaluation.report_title(flipped) == ("tf_volpose evaluation: oracle (argmax), "
                                                 "decode=argmax, flip test, root depth=bone_lengths")
+    # a ground-truth root depth is said to be one, not reported as an error of 0.0 mm
+    assert data["root_depth_error_mm"] == 0.0 and "Root depth error" not in report
+    assert "Root depth: the ground truth's (`--root_depth=bone_lengths` estimates it)." in report
+    fitted = dict(flipped, root_depth_error_mm=12.34)
+    assert "Root depth error: 12.3 mm\n" in evaluation.report_markdown(fitted, "t")
     # a library error reaches the user as one line, not a traceback
     out = subprocess.run(
         [sys.executable, str(repo / "tools" / "eval.py"), f"--train_pattern={data_dir}/train-*",

@@ -320,6 +320,14 @@ def _humaneva_table(errors, actions, subjects):
     return table
 
 
+def _root_depth_line(result):
+    """The report's line on the root depth: its error, unless it was the ground truth's
+    (an error of 0.0 mm that reads like a result)."""
+    if result.get("options", {}).get("root_depth") == "gt":
+        return "Root depth: the ground truth's (`--root_depth=bone_lengths` estimates it)."
+    return f"Root depth error: {result['root_depth_error_mm']:.1f} mm"
+
+
 def report_markdown(result, title):
     """``report.md`` text for a :func:`compute_metrics` result."""
     lines = [f"# {title}", "", f"Frames: {result['frames']} ({result['frames_3d']} with 3D).", ""]
@@ -328,7 +336,7 @@ def report_markdown(result, title):
                   metrics.table_to_markdown({"MPJPE": result["mpjpe_mm"]}), "",
                   "## PA-MPJPE / reconstruction error (mm) (Table 5)", "",
                   metrics.table_to_markdown({"PA-MPJPE": result["pa_mpjpe_mm"]}), "",
-                  f"Root depth error: {result['root_depth_error_mm']:.1f} mm", ""]
+                  _root_depth_line(result), ""]
         lines += ["## 3D PCP (Table 7)", "", "| limbs | PCP |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in result["pcp3d"].items()] + [""]
     if "humaneva_pa_mpjpe_mm" in result:
