@@ -197,6 +197,39 @@ def test_root_depth_numpy_equals_tf(rng):
         np.testing.assert_allclose(got.numpy(), ref, rtol=2e-3)
 
 
+def test_root_depth_keeps_every_joint_in_front_of_the_camera(rng):
+    """Bone lengths a tenth of the pose's put the best fit at the search's floor, 300 mm,
+    where the ankle, decoded 600 mm behind the root, lies at -300 mm, behind the camera
+    (before: returned so). The fit stops at the depth that keeps it MIN_JOINT_DEPTH_MM in
+    front; where that bound is not reached the fit is as before."""
+    bones = np.array(skeleton.H36M17.bones)
+    pose = random_pose(rng, root_depth=4500.0)
+    lengths = np.linalg.norm(pose[bones[:, 0]] - pose[bones[:, 1]], axis=-1)
+    center, scale = _box(pose)
+    vox = GRID.encode(pose, K=K, center=center, scale=scale)
+    vox[3, 2] = GRID.voxel_z(-600.0)
+    bound = volume.MIN_JOINT_DEPTH_MM + 600.0
+    assert GRID.relative_depth(vox[:, 2]).min() == pytest.approx(-600.0)
+    # unbounded, the cost falls all the way down to the bound: its optimum lies beneath
+    costs = [np.abs(np.linalg.norm(np.diff(GRID.lift(vox, K=K, center=center, scale=scale,
+                                                     root_depth=z)[bones], axis=1)[:, 0],
+                                   axis=-1) - 0.1 * lengths).sum() for z in (bound, 450.0)]
+    assert costs[1] < costs[0]
+    z = volume.estimate_root_depth(vox, K=K, center=center, scale=scale,
+                                   bone_lengths=0.1 * lengths, grid=GRID)
+    assert bound <= z < bound * 1.001
+    lifted = GRID.lift(vox, K=K, center=center, scale=scale, root_depth=z)
+    assert lifted[:, 2].min() >= volume.MIN_JOINT_DEPTH_MM - 1e-6
+    both = np.stack([vox, GRID.encode(pose, K=K, center=center, scale=scale)])
+    got = volume.estimate_root_depth_tf(both, np.stack([K] * 2), np.stack([center] * 2),
+                                        np.array([scale] * 2), 0.1 * lengths, GRID).numpy()
+    assert bound <= got[0] < bound * 1.001
+    # beside it in the batch, the pose decoded as encoded fits its own lengths at its depth
+    got = volume.estimate_root_depth_tf(both, np.stack([K] * 2), np.stack([center] * 2),
+                                        np.array([scale] * 2), lengths, GRID).numpy()
+    assert got[1] == pytest.approx(pose[0, 2], rel=1e-3)
+
+
 def _brute_force_root_depth(voxels, center, scale, lengths, candidates, huber_mm=None):
     """Independent reference: the candidate depth whose lifted skeleton fits ``lengths`` best."""
     bones = np.array(skeleton.H36M17.bones)

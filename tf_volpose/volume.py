@@ -380,6 +380,12 @@ def voxels_to_image_tf(xy, center, scale, xy_res):
 # far less (subject vs mean bone lengths), where the fit is plain least squares.
 ROOT_DEPTH_HUBER_MM = 50.0
 
+# The root depth fit keeps every joint at least this far in front of the camera. Without
+# it a pose decoded with a joint far behind the root (an untrained network's, or a hard
+# image's) could fit bone lengths best with the root under 1 m away and that joint at a
+# negative depth: behind the camera, where nothing the camera saw can be.
+MIN_JOINT_DEPTH_MM = 100.0
+
 
 def _bone_misfit(residual_mm, huber_mm, ops):
     """Per-bone penalty of ``|bone| - L``: Huber with ``huber_mm``, squares if None.
@@ -415,9 +421,11 @@ def estimate_root_depth(voxels, K, center, scale, bone_lengths, grid,
     their depth relative to the grid centre, where the root is by construction)
     and ``rho`` is the Huber penalty (``r^2 / 2`` up to ``huber_mm``, linear
     beyond), so one wrongly decoded joint cannot drag the whole skeleton;
-    ``huber_mm=None`` is least squares.
-    A log-spaced scan over ``search_mm`` brackets the minimum, golden-section
-    search refines it.
+    ``huber_mm=None`` is least squares. ``Z`` is at least ``search_mm[0]`` and far
+    enough that every joint lies :data:`MIN_JOINT_DEPTH_MM` or more in front of
+    the camera (the fit's depth otherwise, where that bound is not reached).
+    A log-spaced scan from there to ``search_mm[1]`` brackets the minimum,
+    golden-section search refines it.
 
     Args:
       voxels: (J, 3) voxel coordinates. K: (3, 3). center: (2,) px.
@@ -449,7 +457,8 @@ def estimate_root_depth(voxels, K, center, scale, bone_lengths, grid,
         lengths = np.linalg.norm(z * slope + offset, axis=-1)
         return _bone_misfit(lengths - bone_lengths, huber_mm, np).sum(-1)
 
-    candidates = np.geomspace(search_mm[0], search_mm[1], 400)
+    nearest = max(search_mm[0], MIN_JOINT_DEPTH_MM - dz.min())
+    candidates = np.geomspace(nearest, max(search_mm[1], nearest), 400)
     best = int(np.argmin(cost(candidates)))
     lo = candidates[max(best - 1, 0)]
     hi = candidates[min(best + 1, len(candidates) - 1)]
@@ -474,7 +483,8 @@ def mean_bone_lengths(joints_cam, joint_set=skeleton.H36M17):
 def estimate_root_depth_tf(voxels, K, center, scale, bone_lengths, grid,
                            joint_set=skeleton.H36M17, search_mm=(300.0, 30000.0),
                            candidates=400, refinements=40, huber_mm=ROOT_DEPTH_HUBER_MM):
-    """Batched TF version of :func:`estimate_root_depth` (same cost, scan + golden section).
+    """Batched TF version of :func:`estimate_root_depth` (same cost, bounds, scan and
+    golden section).
 
     Args:
       voxels: (B, J, 3). K: (B, 3, 3). center: (B, 2). scale: (B,).
@@ -504,11 +514,14 @@ def estimate_root_depth_tf(voxels, K, center, scale, bone_lengths, grid,
         return tf.reduce_sum(_bone_misfit(tf.norm(bone, axis=-1) - lengths, huber_mm, tf),
                              axis=-1)
 
-    grid_z = tf.constant(np.geomspace(search_mm[0], search_mm[1], candidates), tf.float32)
-    batch = tf.shape(voxels)[0]
-    best = tf.argmin(cost(tf.tile(grid_z[None], [batch, 1])), axis=-1, output_type=tf.int32)
-    lo = tf.gather(grid_z, tf.maximum(best - 1, 0))
-    hi = tf.gather(grid_z, tf.minimum(best + 1, candidates - 1))
+    # each example's log-spaced candidates, from its nearest allowed depth (B, M)
+    nearest = tf.maximum(search_mm[0], MIN_JOINT_DEPTH_MM - tf.reduce_min(dz, axis=-1))
+    farthest = tf.maximum(float(search_mm[1]), nearest)
+    steps = tf.constant(np.linspace(0.0, 1.0, candidates), tf.float32)
+    grid_z = nearest[:, None] * (farthest / nearest)[:, None] ** steps
+    best = tf.argmin(cost(grid_z), axis=-1, output_type=tf.int32)
+    lo = tf.gather(grid_z, tf.maximum(best - 1, 0), batch_dims=1)
+    hi = tf.gather(grid_z, tf.minimum(best + 1, candidates - 1), batch_dims=1)
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
     for _ in range(refinements):
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
