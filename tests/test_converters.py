@@ -86,8 +86,21 @@ def test_h36m_strict_and_unreadable_files(tmp_path, rng):
     with pytest.raises(h36m.ConversionError, match="Walking.54138969.cdf"):
         h36m.convert(str(tmp_path / "bad"), str(tmp_path / "out2"), str(frames_root),
                      subjects=("S1",))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(h36m.ConversionError, match="no D3_Positions_mono"):
         h36m.convert(str(tmp_path / "empty"), str(tmp_path / "out3"), subjects=("S1",))
+    # a root or frames root that is not there says so (before: "no D3_Positions_mono .cdf
+    # files under" it)
+    for root, frames, message in ((tmp_path / "nowhere", None, "h36m_root .*nowhere: no such "
+                                   "directory"),
+                                  (bad, None, "h36m_root .*cdf is not a "
+                                   "directory"),
+                                  (tmp_path / "h36m", tmp_path / "noframes", "frames_root "
+                                   ".*noframes: no such directory")):
+        with pytest.raises(h36m.ConversionError, match=message):
+            h36m.convert(str(root), str(tmp_path / "out5"), frames and str(frames),
+                         subjects=("S9",))
+    assert not (tmp_path / "out5").exists()
     for every in (0, 2.5):  # before: "range() arg 3 must not be zero" mid-way
         with pytest.raises(ValueError, match=f"every must be a positive integer .*got {every}"):
             h36m.convert(str(tmp_path / "h36m"), str(tmp_path / "out4"), subjects=("S9",),
@@ -128,8 +141,16 @@ def test_mpii_layout_converts(tmp_path, rng):
     voxels = targets["joints_voxel"].numpy()
     visible = targets["mask"].numpy() > 0
     assert ((voxels[..., :2] > 0) & (voxels[..., :2] < 16)).all(-1)[visible].all()
-    with pytest.raises(Exception, match="cannot read MPII annotations"):
+    # before: h5py's "Unable to synchronously open file (unable to open file: name = ...,
+    # errno = 2, error message = 'No such file or directory', flags = 0, o_flags = 0)"
+    with pytest.raises(h36m.ConversionError, match="^MPII annotations .*none.h5: no such file$"):
         mpii.convert(str(tmp_path / "none.h5"), str(tmp_path / "images"), str(tmp_path / "o2"))
+    with pytest.raises(h36m.ConversionError, match="^images_dir .*noimages: no such directory$"):
+        mpii.convert(str(tmp_path / "train.h5"), str(tmp_path / "noimages"), str(tmp_path / "o2"))
+    (tmp_path / "text.h5").write_text("not HDF5")
+    with pytest.raises(h36m.ConversionError, match="cannot read MPII annotations .*text.h5"):
+        mpii.convert(str(tmp_path / "text.h5"), str(tmp_path / "images"), str(tmp_path / "o2"))
+    assert not (tmp_path / "o2").exists()
 
 
 def test_humaneva_layout_converts_with_fitted_cameras(tmp_path, rng):
@@ -162,6 +183,14 @@ def test_humaneva_layout_converts_with_fitted_cameras(tmp_path, rng):
         np.testing.assert_allclose(camera.project_pinhole(ex["joints/3d"].numpy(), K),
                                    ex["joints/2d"].numpy(), atol=0.05)
         assert ex["meta/subject"].numpy() == b"S2" and ex["meta/action"].numpy() == b"Walking 1"
+    for args, message in (
+            ((tmp_path / "3d.npz", tmp_path / "2d.npz", tmp_path / "noframes"),
+             "frames_root .*noframes: no such directory"),  # before: every frame skipped
+            ((tmp_path / "no.npz", tmp_path / "2d.npz", tmp_path / "frames"),
+             "cannot read positions_3d from .*no.npz: No such file or directory$")):
+        with pytest.raises(h36m.ConversionError, match=message):
+            humaneva.convert(*map(str, args), str(tmp_path / "out2"))
+    assert not (tmp_path / "out2").exists()
 
 
 def _write_matlab_column(path, array):
@@ -242,7 +271,11 @@ def test_kth_bad_files_name_the_problem(tmp_path, rng):
         f.write("1.0\n")
     with pytest.raises(h36m.ConversionError, match="cameras.txt: .* not a multiple of 2x4x3"):
         kth.convert(str(tmp_path / "kth"), str(tmp_path / "out2"))
+    with pytest.raises(h36m.ConversionError, match="kth_root .*empty: no such directory"):
+        kth.convert(str(tmp_path / "empty"), str(tmp_path / "out3"))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(h36m.ConversionError, match="no KTH sequence"):
         kth.convert(str(tmp_path / "empty"), str(tmp_path / "out3"))
+    assert not (tmp_path / "out3").exists()
     with pytest.raises(ValueError, match="units_to_mm"):
         kth.convert(str(tmp_path / "kth"), str(tmp_path / "out4"), units_to_mm=0)

@@ -34,6 +34,19 @@ class ConversionError(RuntimeError):
     """A file the converter needs cannot be read (the message names it)."""
 
 
+def require_input(path, what, directory=False):
+    """Raises a :class:`ConversionError` naming ``what`` and ``path`` when the
+    converter's input ``path`` is missing or not a directory (``directory``) or
+    not a file: checked before anything is read or written, so the message says
+    so instead of "no sequences under it" or a reader's own wording."""
+    kind = "directory" if directory else "file"
+    if not os.path.exists(path):
+        raise ConversionError(f"{what} {path}: no such {kind}")
+    if os.path.isdir(path) != directory:
+        raise ConversionError(f"{what} {path} is not a {kind}")
+    return path
+
+
 def read_cdf(path, variable="Pose"):
     """``(F, C)`` float64 array of a Human3.6M CDF file's ``variable``."""
     import cdflib
@@ -110,7 +123,9 @@ def convert(h36m_root, output_dir, frames_root=None, subjects=TRAIN_SUBJECTS + T
     if int(every) != every or every < 1:
         raise ValueError(f"every must be a positive integer (keep every N-th frame), got "
                          f"{every!r}")
-    todo = sequences(h36m_root, subjects)
+    if frames_root:
+        require_input(frames_root, "frames_root", directory=True)
+    todo = sequences(require_input(h36m_root, "h36m_root", directory=True), subjects)
     if not todo:
         raise ConversionError(f"no D3_Positions_mono .cdf files under {h36m_root} for {list(subjects)}")
     summary = {"written": collections.Counter(), "skipped": collections.Counter()}

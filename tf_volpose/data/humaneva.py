@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tf_volpose import _files, camera, crop
 from tf_volpose.data import records
-from tf_volpose.data.h36m import ConversionError
+from tf_volpose.data.h36m import ConversionError, require_input
 
 ACTIONS = ("Walking", "Jogging")
 CAMERAS = ("C1", "C2", "C3")
@@ -35,6 +35,7 @@ def _load(path, key):
 def convert(npz_3d, npz_2d, frames_root, output_dir, frames_pattern=DEFAULT_FRAMES_PATTERN,
             strict=False, examples_per_shard=1000, progress=None):
     """Writes ``train-*`` and ``validation-*`` records; returns a summary dict."""
+    require_input(frames_root, "frames_root", directory=True)
     positions_3d = _load(npz_3d, "positions_3d")
     positions_2d = _load(npz_2d, "positions_2d")
     summary = {"written": collections.Counter(), "skipped": collections.Counter()}

@@ -29,7 +29,7 @@ import numpy as np
 
 from tf_volpose import _files, camera, crop, skeleton
 from tf_volpose.data import records
-from tf_volpose.data.h36m import ConversionError
+from tf_volpose.data.h36m import ConversionError, require_input
 
 NUM_JOINTS = 14
 NUM_CAMERAS = 3
@@ -65,6 +65,7 @@ def read_sequence(sequence_dir):
 
 def find_sequences(kth_root):
     """Every folder under ``kth_root`` holding a ``positions2d.txt``, sorted."""
+    require_input(kth_root, "kth_root", directory=True)
     found = glob.glob(os.path.join(kth_root, "**", "positions2d.txt"), recursive=True)
     if not found:
         raise ConversionError(f"no KTH sequence (a folder with positions2d.txt) under {kth_root}")

@@ -15,12 +15,14 @@ import tensorflow as tf
 
 from tf_volpose import _files, camera
 from tf_volpose.data import records
-from tf_volpose.data.h36m import ConversionError
+from tf_volpose.data.h36m import ConversionError, require_input
 
 def convert(annotations, images_dir, output_dir, split="train", strict=False,
             examples_per_shard=1000, progress=None):
     """Writes ``<split>-*.tfrecord``; returns ``{"written": n, "skipped": {reason: n}}``."""
     import h5py
+    require_input(annotations, "MPII annotations")
+    require_input(images_dir, "images_dir", directory=True)
     try:
         with h5py.File(annotations, "r") as f:
             parts = np.asarray(f["part"], np.float64)
