@@ -46,6 +46,11 @@ class ServingError(RuntimeError):
         self.code = code
 
 
+def _attempts(last):
+    """`` (after N attempts)`` for a call that failed on attempt ``last`` (from 0)."""
+    return f" (after {last + 1} attempts)" if last else ""
+
+
 class GrpcClient:
     """Calls a TF Serving (or ``serving/server.py``) gRPC endpoint.
 
@@ -73,11 +78,13 @@ class GrpcClient:
             try:
                 return method(request, timeout=self.timeout)
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                unavailable = e.code() == grpc.StatusCode.UNAVAILABLE
+                if unavailable and attempt < self.retries:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                raise ServingError(e.code().name, e.details()) from None
+                details = e.details() + (_attempts(attempt) if unavailable else "")
+                raise ServingError(e.code().name, details) from None
 
     def predict(self, image_bytes, box, signature="serving_default", focal=None, principal=None):
         """One image -> dict of NumPy outputs (batch dimension removed)."""
@@ -159,12 +166,18 @@ class RestClient:
                 except ValueError:
                     message = e.reason
                 raise ServingError(f"HTTP {e.code}", message) from None
-            except urllib.error.URLError as e:
+            except OSError as e:  # no connection (URLError), or no answer in time
+                reason = e.reason if isinstance(e, urllib.error.URLError) else e
+                if isinstance(reason, TimeoutError):  # as gRPC's deadline: not retried
+                    raise ServingError("DEADLINE_EXCEEDED", f"{self.url}: no answer within "
+                                       f"{self.timeout:g} s") from None
                 if attempt < self.retries:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                raise ServingError("UNAVAILABLE", str(e.reason)) from None
+                reason = _files.error_reason(reason) if isinstance(reason, OSError) else reason
+                raise ServingError("UNAVAILABLE", f"{self.url}: {reason}{_attempts(attempt)}"
+                                   ) from None
         return {k: np.asarray(v) for k, v in data["predictions"][0].items()}
 
 

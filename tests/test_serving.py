@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -361,8 +362,34 @@ def test_clients_send_intrinsics_over_grpc_and_rest_and_the_cli_prints_them(serv
 
 
 def test_client_retries_then_reports_unavailable():
-    client = serving_client.GrpcClient(f"127.0.0.1:{free_port()}", timeout=2, retries=2)
+    port = free_port()
+    client = serving_client.GrpcClient(f"127.0.0.1:{port}", timeout=2, retries=2)
     start = time.time()
-    with pytest.raises(serving_client.ServingError, match="UNAVAILABLE"):
+    with pytest.raises(serving_client.ServingError,
+                       match=rf"^UNAVAILABLE: .*127.0.0.1:{port}.* \(after 3 attempts\)$"):
         client.status()
     assert time.time() - start >= 0.2 + 0.4  # two backoffs
+    # REST likewise: before, "UNAVAILABLE: [Errno 111] Connection refused", naming no server
+    rest = serving_client.RestClient(f"127.0.0.1:{port}", timeout=2, retries=1)
+    with pytest.raises(serving_client.ServingError, match=(
+            rf"^UNAVAILABLE: http://127.0.0.1:{port}/v1/models/volpose:predict: Connection "
+            r"refused \(after 2 attempts\)$")):
+        rest.predict(small_jpeg(), [0, 0, 10, 10])
+
+
+def test_rest_client_reports_a_server_that_does_not_answer_in_time(monkeypatch):
+    """A server that takes the connection and never answers: before, the read's TimeoutError
+    escaped the client (a traceback from the CLI); now DEADLINE_EXCEEDED, as gRPC's
+    deadline, and not retried."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes connections; nothing reads or answers
+        port = silent.getsockname()[1]
+        rest = serving_client.RestClient(f"127.0.0.1:{port}", timeout=0.5, retries=3)
+        backoffs = []
+        monkeypatch.setattr(serving_client.time, "sleep", backoffs.append)
+        with pytest.raises(serving_client.ServingError, match=(
+                rf"^DEADLINE_EXCEEDED: http://127.0.0.1:{port}/v1/models/volpose:predict: no "
+                r"answer within 0.5 s$")):
+            rest.predict(small_jpeg(), [0, 0, 10, 10])
+        assert backoffs == []  # one attempt
