@@ -433,6 +433,16 @@ def test_list_files_sorts_joins_patterns_and_says_where_relative_ones_were_looke
         pipeline.list_files("data/train-*")
     with pytest.raises(ValueError, match=r"no files match file_pattern='/nowhere/train-\*'$"):
         pipeline.list_files("/nowhere/train-*")
+    # one that looks where records are says which splits are there (before: the message
+    # alone, for --split=test of the synthetic set, which has train and val)
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(ValueError, match=re.escape(
+            f"no files match file_pattern='{tmp_path}/test-*'; {tmp_path} holds a-*, b-*")):
+        pipeline.list_files(f"{tmp_path}/test-*")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(
+            f"file_pattern='test-*' (relative to {tmp_path}); . holds a-*, b-*")):
+        pipeline.list_files("test-*")
 
 
 def test_sharded_writer_refuses_a_file_as_its_directory(tmp_path):

@@ -445,6 +445,9 @@ def test_patterns_that_would_miss_the_rendered_set_are_refused_before_rendering(
     """Given only another synthetic_dir (the config's patterns still point at
     data/synthetic), a run rendered there for minutes, then failed with "no files
     match" and a hint to convert a dataset. Now it is refused before rendering."""
+    # the relative pattern below must find nothing: not the repository's own data/synthetic,
+    # which the default config renders
+    monkeypatch.chdir(tmp_path)
     rendered = []
     monkeypatch.setattr(synthetic, "generate", lambda *a, **k: rendered.append(a) or {})
     directory = tmp_path / "synthetic"

@@ -28,6 +28,7 @@ Only the part of a JPEG that the crop needs is decoded (``decode_and_crop_jpeg``
 
 import dataclasses
 import os
+import re
 import sys
 
 import tensorflow as tf
@@ -69,8 +70,25 @@ def list_files(file_pattern):
         # a run's config.json keeps patterns as given: a tool started elsewhere sees them
         # relative to its own directory
         where = f" (relative to {os.getcwd()})" if relative else ""
-        raise ValueError(f"no files match file_pattern={file_pattern!r}{where}")
+        raise ValueError(f"no files match file_pattern={file_pattern!r}{where}"
+                         f"{_splits_beside(patterns)}")
     return files
+
+
+def _splits_beside(patterns):
+    """``; <dir> holds train-*, val-*``: the record splits in the local directories the
+    patterns look in, for a pattern that matched nothing (``--split=test`` of a set that
+    has none, a misspelt prefix); empty when they hold none."""
+    notes = []
+    for directory in sorted({os.path.dirname(p.strip()) or "." for p in patterns
+                             if not _files.is_url(p.strip())}):
+        if any(c in directory for c in "*?[") or not os.path.isdir(directory):
+            continue
+        splits = sorted({name.rsplit("-", 1)[0] for name in os.listdir(directory)
+                         if re.fullmatch(r".+-\d{5}\.tfrecord", name)})
+        if splits:
+            notes.append(f"{directory} holds {', '.join(s + '-*' for s in splits)}")
+    return "".join(f"; {note}" for note in notes)
 
 
 def record_counts(file_pattern):
