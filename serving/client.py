@@ -11,6 +11,7 @@ exponential backoff on UNAVAILABLE; REST posts ``{"instances": [{"image_bytes":
 """
 
 import base64
+import http.client
 import json
 import time
 import urllib.error
@@ -141,6 +142,7 @@ class RestClient:
     """Calls TF Serving's REST API (``/v1/models/<name>:predict``)."""
 
     def __init__(self, server, model="volpose", timeout=30.0, retries=4):
+        self.server = server
         self.url = f"http://{server}/v1/models/{model}:predict"
         self.timeout = timeout
         self.retries = retries
@@ -166,6 +168,10 @@ class RestClient:
                 except ValueError:
                     message = e.reason
                 raise ServingError(f"HTTP {e.code}", message) from None
+            except http.client.HTTPException as e:  # an answer, but not HTTP: a gRPC port
+                raise ServingError("UNAVAILABLE", f"{self.url}: the answer is not HTTP "
+                                   f"({type(e).__name__}): is {self.server} a gRPC port? TF "
+                                   f"Serving answers REST on its --rest_api_port") from None
             except OSError as e:  # no connection (URLError), or no answer in time
                 reason = e.reason if isinstance(e, urllib.error.URLError) else e
                 if isinstance(reason, TimeoutError):  # as gRPC's deadline: not retried

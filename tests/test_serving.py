@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -375,6 +376,30 @@ def test_client_retries_then_reports_unavailable():
             rf"^UNAVAILABLE: http://127.0.0.1:{port}/v1/models/volpose:predict: Connection "
             r"refused \(after 2 attempts\)$")):
         rest.predict(small_jpeg(), [0, 0, 10, 10])
+
+
+def test_rest_client_sent_to_a_port_that_does_not_speak_http():
+    """A REST call to a gRPC port (``--server=localhost:8500 --rest``): before, the client
+    let http.client's BadStatusLine out, a traceback."""
+    with socket.socket() as grpc_like:
+        grpc_like.bind(("127.0.0.1", 0))
+        grpc_like.listen()
+        port = grpc_like.getsockname()[1]
+
+        def answer():  # an HTTP/2 SETTINGS frame, as a gRPC server's first bytes
+            connection, _ = grpc_like.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00\x00@\x00\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        rest = serving_client.RestClient(f"127.0.0.1:{port}", timeout=10, retries=3)
+        with pytest.raises(serving_client.ServingError, match=(
+                rf"^UNAVAILABLE: http://127.0.0.1:{port}/v1/models/volpose:predict: the answer is "
+                rf"not HTTP \(BadStatusLine\): is 127.0.0.1:{port} a gRPC port\?")):
+            rest.predict(small_jpeg(), [0, 0, 10, 10])
+        thread.join(10)
 
 
 def test_rest_client_reports_a_server_that_does_not_answer_in_time(monkeypatch):
