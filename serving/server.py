@@ -11,7 +11,8 @@ It keeps serving after any bad request, bounds concurrent inference
 ``--max_pixels`` (read from their header) and batches above ``--max_batch_size``
 images (a batch is decoded, cropped and run at once: thousands of tiny JPEGs in
 one request would otherwise take the process's memory); REST bodies above
-``MAX_REQUEST_BYTES``, gRPC's receive limit here, get HTTP 413 unread.
+``MAX_REQUEST_BYTES``, gRPC's receive limit here, get HTTP 413 unread. REST predict
+takes both of TF Serving's body formats, ``instances`` (rows) and ``inputs`` (columns).
 
     python serving/server.py --model_base_path=exports/volpose --model_name=volpose --port=8500 \
         [--rest_port=8501]
@@ -397,10 +398,7 @@ def _rest_handler(server):
                     return self._reply(413, {"error": f"request body of {length} bytes is above "
                                                       f"the limit of {MAX_REQUEST_BYTES}"})
                 body = json.loads(self.rfile.read(length))
-                instances = body["instances"]
-                if not isinstance(instances, list) or not instances:
-                    raise ValueError("'instances' must be a non-empty list")
-                inputs = {key: [_from_json(inst[key]) for inst in instances] for key in instances[0]}
+                inputs, columnar = _rest_inputs(body)
                 outputs = server.run(body.get("signature_name", ""),
                                      {k: np.array(v) for k, v in inputs.items()})
             except RequestError as e:
@@ -410,7 +408,9 @@ def _rest_handler(server):
                 return self._reply(400, {"error": f"malformed request: no {e} given"})
             except (ValueError, IndexError, TypeError) as e:
                 return self._reply(400, {"error": f"malformed request: {e}"})
-            n = len(instances)
+            if columnar:
+                return self._reply(200, {"outputs": {k: v.tolist() for k, v in outputs.items()}})
+            n = len(next(iter(inputs.values())))
             predictions = [{k: v[i].tolist() for k, v in outputs.items()} for i in range(n)]
             return self._reply(200, {"predictions": predictions})
 
@@ -426,9 +426,46 @@ def _as_json(message):
                                      always_print_fields_with_no_presence=True)
 
 
-def _from_json(value):
+def _rest_inputs(body):
+    """``(name -> list over the batch, columnar)`` of a REST predict body, in either of TF
+    Serving's formats: ``{"instances": [{name: value, ...}, ...]}`` (a row per example,
+    answered with ``predictions``) or ``{"inputs": {name: [value, ...], ...}}`` (a column per
+    input, answered with ``outputs``); ``{"b64": ...}`` values are bytes.
+
+    Raises:
+      ValueError, KeyError: a malformed body (the message says what is wrong).
+    """
+    if not isinstance(body, dict):
+        raise ValueError(f"the body must be a JSON object with 'instances' (a row per "
+                         f"example) or 'inputs' (a column per input), got a "
+                         f"{type(body).__name__}")
+    if ("instances" in body) == ("inputs" in body):
+        raise ValueError("give 'instances' (a row per example) or 'inputs' (a column per "
+                         "input)" + (", not both" if "inputs" in body else ""))
+    if "inputs" in body:
+        columns = body["inputs"]
+        if not (isinstance(columns, dict) and columns
+                and all(isinstance(column, list) for column in columns.values())):
+            raise ValueError("'inputs' must be an object of named inputs, each a list over "
+                             "the batch")
+        return {key: [_from_json(v, key) for v in column]
+                for key, column in columns.items()}, True
+    instances = body["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise ValueError("'instances' must be a non-empty list")
+    if not all(isinstance(instance, dict) for instance in instances):
+        raise ValueError("each of 'instances' must be an object of named inputs")
+    return {key: [_from_json(instance[key], key) for instance in instances]
+            for key in instances[0]}, False
+
+
+def _from_json(value, name):
+    """A JSON value as a tensor element: ``{"b64": ...}`` -> bytes (strict base64)."""
     if isinstance(value, dict) and "b64" in value:
-        return base64.b64decode(value["b64"])
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (TypeError, ValueError) as e:  # binascii.Error is a ValueError
+            raise ValueError(f"input {name}: 'b64' is not base64 ({e})") from None
     return value
 
 

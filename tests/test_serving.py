@@ -1,3 +1,4 @@
+import base64
 import http.client
 import json
 import os
@@ -300,14 +301,33 @@ def test_rest_round_trip(server):
     # malformed bodies: 400 with what is wrong, and the server keeps serving
     url = f"http://{rest}/v1/models/volpose:predict"
     for body, message in ((b"{not json", "malformed request"),
-                          (b"{}", "no 'instances' given"),
+                          (b"{}", "give 'instances' (a row per example) or 'inputs'"),
                           (b'{"instances": []}', "'instances' must be a non-empty list"),
-                          (b'{"instances": [{"image_bytes": {"b64": ""}}]}', "inputs must be")):
+                          (b'{"instances": [{"image_bytes": {"b64": ""}}]}', "inputs must be"),
+                          # before: "list indices must be integers or slices, not str"
+                          (b"[]", "the body must be a JSON object with 'instances'"),
+                          (b'{"instances": [[1]]}', "each of 'instances' must be an object"),
+                          (b'{"instances": [], "inputs": {}}', "not both"),
+                          (b'{"inputs": {"box": 3}}', "'inputs' must be an object of named"),
+                          # before: decoded leniently to b"", then "not a JPEG or PNG image"
+                          (b'{"instances": [{"image_bytes": {"b64": "!!!"}, "box": [0, 0, 1, '
+                           b'1]}]}', "input image_bytes: 'b64' is not base64")):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30)
         assert info.value.code == 400 and message in info.value.read().decode(), body
     out = serving_client.RestClient(rest).predict(small_jpeg(), [0.0, 0.0, 90.0, 120.0])
     assert out["confidence"].shape == (17,)
+    # TF Serving's columnar format: a list over the batch per input, answered as "outputs"
+    jpeg = base64.b64encode(small_jpeg()).decode()
+    boxes = [[0.0, 0.0, 90.0, 120.0], [10.0, 5.0, 60.0, 80.0]]
+    columnar = json.dumps({"inputs": {"image_bytes": [{"b64": jpeg}] * 2, "box": boxes}})
+    with urllib.request.urlopen(urllib.request.Request(url, data=columnar.encode()),
+                                timeout=30) as reply:
+        outputs = json.loads(reply.read())["outputs"]
+    assert np.asarray(outputs["joints_3d_mm"]).shape == (2, 17, 3)
+    for row, box in enumerate(boxes):
+        np.testing.assert_allclose(outputs["joints_3d_mm"][row], server[0].predict(
+            small_jpeg(), box)["joints_3d_mm"], rtol=1e-5, atol=1e-3)
 
 
 def test_rest_model_status_and_metadata_as_tf_serving_answers(server):
