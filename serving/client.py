@@ -168,10 +168,8 @@ class RestClient:
                 except ValueError:
                     message = e.reason
                 raise ServingError(f"HTTP {e.code}", message) from None
-            except http.client.HTTPException as e:  # an answer, but not HTTP: a gRPC port
-                raise ServingError("UNAVAILABLE", f"{self.url}: the answer is not HTTP "
-                                   f"({type(e).__name__}): is {self.server} a gRPC port? TF "
-                                   f"Serving answers REST on its --rest_api_port") from None
+            # OSError before HTTPException: RemoteDisconnected (a server that closed without
+            # answering, e.g. restarting) is both, and is retried as UNAVAILABLE
             except OSError as e:  # no connection (URLError), or no answer in time
                 reason = e.reason if isinstance(e, urllib.error.URLError) else e
                 if isinstance(reason, TimeoutError):  # as gRPC's deadline: not retried
@@ -184,6 +182,10 @@ class RestClient:
                 reason = _files.error_reason(reason) if isinstance(reason, OSError) else reason
                 raise ServingError("UNAVAILABLE", f"{self.url}: {reason}{_attempts(attempt)}"
                                    ) from None
+            except http.client.HTTPException as e:  # an answer, not HTTP: a gRPC port?
+                raise ServingError("UNAVAILABLE", f"{self.url}: the answer is not HTTP "
+                                   f"({type(e).__name__}): is {self.server} a gRPC port? TF "
+                                   f"Serving answers REST on its --rest_api_port") from None
         return {k: np.asarray(v) for k, v in data["predictions"][0].items()}
 
 

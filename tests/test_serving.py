@@ -422,6 +422,34 @@ def test_rest_client_sent_to_a_port_that_does_not_speak_http():
         thread.join(10)
 
 
+def test_rest_client_retries_a_server_that_closes_without_answering(monkeypatch):
+    """A server that reads the request and closes (one restarting): http.client's
+    RemoteDisconnected is an OSError and an HTTPException; it is retried as UNAVAILABLE,
+    not taken for a port that does not speak HTTP."""
+    with socket.socket() as closing:
+        closing.bind(("127.0.0.1", 0))
+        closing.listen()
+        port = closing.getsockname()[1]
+
+        def close_each(count):
+            for _ in range(count):
+                connection, _ = closing.accept()
+                with connection:
+                    connection.recv(65536)
+
+        thread = threading.Thread(target=close_each, args=(2,), daemon=True)
+        thread.start()
+        backoffs = []
+        monkeypatch.setattr(serving_client.time, "sleep", backoffs.append)
+        rest = serving_client.RestClient(f"127.0.0.1:{port}", timeout=10, retries=1)
+        with pytest.raises(serving_client.ServingError, match=(
+                r"^UNAVAILABLE: .*: Remote end closed connection without response \(after 2 "
+                r"attempts\)$")):
+            rest.predict(small_jpeg(), [0, 0, 10, 10])
+        assert backoffs == [0.2]
+        thread.join(10)
+
+
 def test_rest_client_reports_a_server_that_does_not_answer_in_time(monkeypatch):
     """A server that takes the connection and never answers: before, the read's TimeoutError
     escaped the client (a traceback from the CLI); now DEADLINE_EXCEEDED, as gRPC's

@@ -24,7 +24,9 @@ def error_message(error):
     ``[Errno 2] No such file or directory: '<file>'``."""
     if isinstance(error, OSError) and error.strerror:
         names = [os.fspath(n) for n in (error.filename, error.filename2) if n is not None]
-        return ": ".join([" -> ".join(names)] * bool(names) + [error.strerror])
+        if not names:
+            return error.strerror
+        return f"{' -> '.join(names)}: {error.strerror}"  # a rename names both files
     message = getattr(error, "message", None) or str(error)
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
     return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\](\s*name:\s*\S*)?$", "",
