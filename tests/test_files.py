@@ -135,6 +135,11 @@ def test_read_text_names_the_file_once(tmp_path):
     with pytest.raises(ValueError, match=r"^cannot read the training config "
                        rf"{re.escape(missing)}: No such file or directory$"):
         training.load_config(str(tmp_path))
+    # TensorFlow's in-process file system gives no message: the reason is still said
+    with pytest.raises(FileNotFoundError) as raised:
+        _files.read_text("ram://nothing/config.json")
+    assert _files.error_message(raised.value) == ("ram://nothing/config.json: No such file or "
+                                                  "directory")
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")

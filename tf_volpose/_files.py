@@ -164,7 +164,10 @@ def _os_error(op_error, path):
     for prefix in (f"{path}; ", f"{path}: "):
         if reason.startswith(prefix):
             reason = reason[len(prefix):]
-    return OSError(_ERRNOS.get(type(op_error), errno.EIO), reason, path)
+    code = _ERRNOS.get(type(op_error), errno.EIO)
+    if not reason:  # some file systems give none (ram://: NotFoundError with no message)
+        reason = os.strerror(code) if type(op_error) in _ERRNOS else type(op_error).__name__
+    return OSError(code, reason, path)
 
 
 @contextlib.contextmanager
