@@ -126,6 +126,26 @@ def test_benchmark_tool_loss_and_decode_sections_measure_the_models_last_stack(t
     assert results["loss"]["dense_target_bytes"] == 16 * 16 * 17 * 8 * 4
     assert {k: results["decode"][k] for k in ("joints", "size", "depth")} == {
         "joints": 17, "size": 16, "depth": 8}
+    # what it prints is a table per section, not the JSON (before: unlabelled JSON blocks)
+    lines = out.stdout.splitlines()
+    assert "== loss" in lines and "== decode" in lines
+    decode = dict(line.split() for line in lines[lines.index("== decode") + 1:-1])
+    assert {k: decode[k] for k in ("batch_size", "joints", "size", "depth")} == {
+        "batch_size": "1", "joints": "17", "size": "16", "depth": "8"}
+    assert float(decode["argmax_ms"]) == pytest.approx(results["decode"]["argmax_ms"], rel=1e-3)
+    assert lines[-1] == f"wrote {tmp_path / 'b.json'}"
+
+
+def test_format_section_flattens_nested_numbers():
+    section = {"fp32": {"forward_img_per_s": 5.31234, "gflops": 72.0}, "batch": 4,
+               "precisions": ["fp32", "bf16"], "speedup": 1.0 / 3.0}
+    assert benchmark.format_section("model", section) == "\n".join([
+        "== model",
+        "  fp32.forward_img_per_s  5.312",
+        "  fp32.gflops             72",
+        "  batch                   4",
+        '  precisions              ["fp32", "bf16"]',
+        "  speedup                 0.3333"])
 
 
 def test_pytorch_reference_is_the_same_network(tmp_path):

@@ -9,7 +9,8 @@
 * :func:`decode_speed`: heatmaps -> sub-voxel joints, per decoding method;
 * :func:`pipeline_speed`: the training input pipeline on records of large JPEG frames;
 * :func:`serving_speed`: gRPC latency vs the in-process forward pass, and
-  throughput with concurrent clients.
+  throughput with concurrent clients;
+* :func:`format_section`: one section's numbers as a readable table.
 """
 
 import concurrent.futures
@@ -322,6 +323,26 @@ def _record_requests(file_pattern, max_images):
         joints.append(ex["joints/3d"].numpy())
     has_3d = all(len(j) for j in joints)
     return images, np.asarray(boxes, np.float32), np.stack(joints) if has_3d else None
+
+
+def format_section(name, section):
+    """``section`` (a dict of numbers, nested dicts and lists) as a table headed ``name``:
+    one ``key  value`` row per number, nested keys joined with dots, floats to 4
+    significant digits (the JSON keeps them all)."""
+    rows = []
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, float):
+            rows.append((prefix, f"{value:.4g}"))
+        else:
+            rows.append((prefix, json.dumps(value)))
+
+    walk("", section)
+    width = max((len(key) for key, _ in rows), default=0)
+    return "\n".join([f"== {name}"] + [f"  {key:<{width}}  {value}" for key, value in rows])
 
 
 def _spread(values):

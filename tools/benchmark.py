@@ -6,8 +6,8 @@
     python tools/benchmark.py --sections=export --checkpoint=runs/synthetic   # fp32 vs bf16 export
     python tools/benchmark.py --sections=model --reference_json=ref.json   # ratios to PyTorch (tools/pytorch_reference.py)
 
-Prints a table per section and writes all numbers as JSON. Numbers depend on the
-machine: run the baseline in the same session before comparing.
+Prints a table per section as it ends and writes all numbers as JSON (--output_json).
+Numbers depend on the machine: run the baseline in the same session before comparing.
 """
 
 import json
@@ -19,7 +19,8 @@ import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this s
 import numpy as np
 from absl import app, flags
 
-from tf_volpose import benchmark, bone_lengths, evaluation, export, skeleton, training
+from tf_volpose import (_files, benchmark, bone_lengths, evaluation, export, skeleton,
+                        training)
 
 FLAGS = flags.FLAGS
 SECTIONS = ("model", "loss", "decode", "pipeline", "serving", "export")
@@ -83,7 +84,7 @@ def main(argv):
         if reference is not None:
             section["vs_pytorch_reference"] = benchmark.reference_ratios(fp32, reference)
         results["model"] = section
-        print(json.dumps(section, indent=2))
+        print(benchmark.format_section("model", section), flush=True)
     if "loss" in FLAGS.sections:
         # the benchmarked model's last stack (the defaults are issue #3's: 17 joints, 64^3)
         section = benchmark.loss_speed(FLAGS.batch_size, config.num_joints,
@@ -92,12 +93,12 @@ def main(argv):
         section["speedup"] = section["dense_ms"] / section["separable_ms"]
         section["head_fused_speedup"] = section["head_dense_ms"] / section["head_fused_ms"]
         results["loss"] = section
-        print(json.dumps(section, indent=2))
+        print(benchmark.format_section("loss", section), flush=True)
     if "decode" in FLAGS.sections:
         section = benchmark.decode_speed(FLAGS.batch_size, config.num_joints, config.xy_res,
                                          config.depths[-1], FLAGS.repeats)
         results["decode"] = section
-        print(json.dumps(section, indent=2))
+        print(benchmark.format_section("decode", section), flush=True)
     if "pipeline" in FLAGS.sections:
         with tempfile.TemporaryDirectory() as tmp:
             pattern = benchmark.write_large_frame_records(tmp, FLAGS.pipeline_frames)
@@ -106,7 +107,7 @@ def main(argv):
             section["ratio_to_training"] = (section["img_per_s"]
                                             / results["model"]["fp32"]["train_img_per_s"])
         results["pipeline"] = section
-        print(json.dumps(section, indent=2))
+        print(benchmark.format_section("pipeline", section), flush=True)
     if "serving" in FLAGS.sections:
         with tempfile.TemporaryDirectory() as tmp:
             export_dir = FLAGS.export_dir
@@ -117,7 +118,7 @@ def main(argv):
             image = export.warmup_image(480)
             section = benchmark.serving_speed(export_dir, image, [0.0, 0.0, 480.0, 480.0])
         results["serving"] = section
-        print(json.dumps(section, indent=2))
+        print(benchmark.format_section("serving", section), flush=True)
     if "export" in FLAGS.sections:
         if FLAGS.checkpoint:
             run_config = training.load_config(training.run_directory(FLAGS.checkpoint))
@@ -137,11 +138,10 @@ def main(argv):
             FLAGS.batch_size, FLAGS.export_images)
         section["trained"] = bool(FLAGS.checkpoint)
         results["export"] = section
-        print(json.dumps(section, indent=2))
+        print(benchmark.format_section("export", section), flush=True)
     if FLAGS.output_json:
-        with open(FLAGS.output_json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {FLAGS.output_json}")
+        text = json.dumps(results, indent=2)
+        print(f"wrote {_files.write_text_atomically(FLAGS.output_json, text)}")
 
 
 if __name__ == "__main__":
