@@ -2,6 +2,7 @@ import dataclasses
 import functools
 import glob
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -52,6 +53,35 @@ def _load_tool():
 
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.cfg"))
+
+
+def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_in_a_log():
+    """Before, a log file (nohup, a batch job) got the live line's carriage returns: one
+    line of the file grew by a rewrite twice a second for the whole run."""
+    tool = _load_tool()
+    step = dict(step=1, loss=0.5, images_per_sec=80.0, learning_rate=1e-3, eta_sec=3661)
+    event = dict(event="checkpoint", path="runs/x/ckpt-10")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, expected in (
+            (io.StringIO(), "step       1  loss 0.500000    80.0 img/s  lr 1.00e-03  ETA 01:01:01\n"
+                            "step       3  loss 0.500000    80.0 img/s  lr 1.00e-03  ETA 01:01:01\n"
+                            "saved checkpoint runs/x/ckpt-10\n"),
+            (Terminal(), "\rstep       1  loss 0.500000    80.0 img/s  lr 1.00e-03  ETA 01:01:01   "
+                         "\rstep       2  loss 0.500000    80.0 img/s  lr 1.00e-03  ETA 01:01:01   "
+                         "\rstep       3  loss 0.500000    80.0 img/s  lr 1.00e-03  ETA 01:01:01   "
+                         "\nsaved checkpoint runs/x/ckpt-10\n")):
+        now = [0.0]
+        progress = tool.TerminalProgress(stream, log_every_s=30.0, clock=lambda: now[0])
+        for number, at in ((1, 0.0), (2, 10.0), (3, 31.0)):
+            now[0] = at
+            progress(dict(step, step=number))
+        progress(event)
+        progress.end_line()  # nothing live after an event: adds nothing
+        assert stream.getvalue() == expected
 
 
 @pytest.mark.parametrize("name", CONFIGS)

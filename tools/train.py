@@ -102,29 +102,38 @@ def bone_lengths_for_checkpoint(config, checkpoint, path=""):
 
 
 class TerminalProgress:
-    """A live progress line (step, loss, img/s, ETA) plus one line per event."""
+    """Progress (step, loss, img/s, ETA) plus one line per event.
 
-    def __init__(self, stream=sys.stdout):
+    On a terminal the progress is one live line, rewritten in place at most twice a
+    second. Anywhere else (a log file, a pipe, a batch job's output) it is a plain line
+    every ``log_every_s``: rewritten lines would pile up there as one endless line.
+    """
+
+    def __init__(self, stream=sys.stdout, log_every_s=30.0, clock=time.monotonic):
         self.stream = stream
-        self.last = 0.0
+        self.terminal = bool(getattr(stream, "isatty", lambda: False)())
+        self.every = 0.5 if self.terminal else log_every_s
+        self.clock = clock
+        self.last = None
         self.live = False  # the last thing written is the live line, not ended
 
     def __call__(self, info):
-        if "event" in info:
-            self.stream.write("\n" + self._event(info) + "\n")
+        if "event" in info:  # on a terminal, its first newline ends the live line
+            self.stream.write(("\n" if self.terminal else "") + self._event(info) + "\n")
             self.stream.flush()
             self.live = False
             return
-        now = time.time()
-        if now - self.last < 0.5:
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every:
             return
         self.last = now
         eta = time.strftime("%H:%M:%S", time.gmtime(info["eta_sec"]))
-        self.stream.write(f"\rstep {info['step']:>7d}  loss {info['loss']:.6f}  "
-                          f"{info['images_per_sec']:6.1f} img/s  lr {info['learning_rate']:.2e}  "
-                          f"ETA {eta}   ")
+        line = (f"step {info['step']:>7d}  loss {info['loss']:.6f}  "
+                f"{info['images_per_sec']:6.1f} img/s  lr {info['learning_rate']:.2e}  "
+                f"ETA {eta}")
+        self.stream.write(f"\r{line}   " if self.terminal else line + "\n")
         self.stream.flush()
-        self.live = True
+        self.live = self.terminal
 
     def end_line(self):
         """Ends the live line, so that what comes next (an error) starts a line."""
