@@ -3,6 +3,7 @@ import http.client
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -398,6 +399,23 @@ def test_client_retries_then_reports_unavailable():
         rest.predict(small_jpeg(), [0, 0, 10, 10])
 
 
+def _read_http_request(connection):
+    """Reads one whole HTTP request from ``connection``: a socket closed with unread bytes
+    resets the connection, and the client would then see a reset instead of the answer."""
+    def more():
+        chunk = connection.recv(65536)
+        assert chunk, "the client closed before its request was whole"
+        return chunk
+
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += more()
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        body += more()
+
+
 def test_rest_client_sent_to_a_port_that_does_not_speak_http():
     """A REST call to a gRPC port (``--server=localhost:8500 --rest``): before, the client
     let http.client's BadStatusLine out, a traceback."""
@@ -409,7 +427,7 @@ def test_rest_client_sent_to_a_port_that_does_not_speak_http():
         def answer():  # an HTTP/2 SETTINGS frame, as a gRPC server's first bytes
             connection, _ = grpc_like.accept()
             with connection:
-                connection.recv(65536)
+                _read_http_request(connection)
                 connection.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00\x00@\x00\r\n")
 
         thread = threading.Thread(target=answer, daemon=True)
@@ -435,7 +453,7 @@ def test_rest_client_retries_a_server_that_closes_without_answering(monkeypatch)
             for _ in range(count):
                 connection, _ = closing.accept()
                 with connection:
-                    connection.recv(65536)
+                    _read_http_request(connection)
 
         thread = threading.Thread(target=close_each, args=(2,), daemon=True)
         thread.start()
