@@ -28,7 +28,6 @@ Only the part of a JPEG that the crop needs is decoded (``decode_and_crop_jpeg``
 
 import dataclasses
 import os
-import re
 import sys
 
 import tensorflow as tf
@@ -84,8 +83,7 @@ def _splits_beside(patterns):
                              if not _files.is_url(p.strip())}):
         if any(c in directory for c in "*?[") or not os.path.isdir(directory):
             continue
-        splits = sorted({name.rsplit("-", 1)[0] for name in os.listdir(directory)
-                         if re.fullmatch(r".+-\d{5}\.tfrecord", name)})
+        splits = records.splits_in(directory)
         if splits:
             notes.append(f"{directory} holds {', '.join(s + '-*' for s in splits)}")
     return "".join(f"; {note}" for note in notes)

@@ -31,6 +31,7 @@ import concurrent.futures
 import contextlib
 import glob
 import os
+import re
 import struct
 
 import numpy as np
@@ -261,6 +262,13 @@ def _naming_write_errors(shard):
 
 def shard_name(output_dir, prefix, index):
     return os.path.join(output_dir, f"{prefix}-{index:05d}.tfrecord")
+
+
+def splits_in(directory):
+    """The sorted prefixes (``train``, ``val``, ...) of the shards :func:`shard_name`
+    names in the local ``directory``."""
+    return sorted({name.rsplit("-", 1)[0] for name in os.listdir(directory)
+                   if re.fullmatch(r".+-\d{5}\.tfrecord", name)})
 
 
 class ShardedWriter:
