@@ -50,6 +50,21 @@ def random_pose(rng, root_depth=4500.0):
     return pose + np.array([rng.uniform(-500, 500), rng.uniform(-200, 200), root_depth])
 
 
+def write_fake_motion(path, rng, frames=3, subjects=("S1", "S9")):
+    """An ``.npz`` in the layout of ``../shared/data/h36m_mocap_17j_10fps.npz``: per subject
+    one ``"S<n>/walking_1"`` sequence of ``(frames, 17, 3)`` world-mm poses, each placed
+    5 m in front of the subject's camera 54138969 (so in front of all four). Returns
+    ``{key: poses}``."""
+    from tf_volpose import camera
+    motion = {}
+    for subject in subjects:
+        cam = camera.Camera.from_h36m(subject, "54138969")
+        motion[f"{subject}/walking_1"] = np.stack([
+            cam.camera_to_world(random_pose(rng, root_depth=5000.0)) for _ in range(frames)])
+    np.savez(path, **motion, joint_names=np.array(skeleton.get_joint_set("h36m17").joint_names))
+    return motion
+
+
 def box_around(pose, K):
     """``(center (2,) px, scale)`` of a square crop 1.3x the projected pose (scale 1 = 200 px)."""
     from tf_volpose import camera

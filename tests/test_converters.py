@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_volpose import camera
-from tf_volpose.data import h36m, pipeline, records
-from tests.conftest import random_pose
+from tf_volpose import camera, crop
+from tf_volpose.data import h36m, mocap, pipeline, records
+from tests.conftest import assert_one_line_error, random_pose, run_scripts, write_fake_motion
 
 
 def _write_cdf(path, data):
@@ -106,6 +106,109 @@ def test_h36m_strict_and_unreadable_files(tmp_path, rng):
             h36m.convert(str(tmp_path / "h36m"), str(tmp_path / "out4"), subjects=("S9",),
                          every=every)
     assert not (tmp_path / "out4").exists()
+
+
+def test_mocap_converts_to_pose_only_records_per_camera(tmp_path, rng, capfd):
+    motion = write_fake_motion(tmp_path / "motion.npz", rng, frames=3)
+    motion["S1/walking_1"][1, 4] = np.nan  # a frame that no camera can see: skipped, counted
+    np.savez(tmp_path / "motion.npz", **motion)
+    out = tmp_path / "out"
+    summary = mocap.convert(str(tmp_path / "motion.npz"), str(out))
+    # one record per frame and camera: S1 (train) lost its NaN frame in all four views
+    assert summary == {"written": {"train": 8, "test": 12},
+                       "skipped": {"non-finite or behind the camera": 4}}
+    assert sorted(os.listdir(out)) == ["test-00000.tfrecord", "train-00000.tfrecord"]
+    seen = set()
+    for raw in tf.data.TFRecordDataset(str(out / "test-00000.tfrecord")):
+        ex = records.parse_example(raw)
+        camera_id, frame = ex["meta/camera"].numpy().decode(), int(ex["meta/frame"].numpy())
+        seen.add((camera_id, frame))
+        cam = camera.Camera.from_h36m("S9", camera_id)
+        world = motion["S9/walking_1"][frame]
+        # the camera's view of the world-frame joints, by the calibration's own formulas
+        np.testing.assert_allclose(ex["joints/3d"].numpy(), (world - cam.T) @ cam.R.T, atol=0.05)
+        np.testing.assert_allclose(ex["joints/2d"].numpy(), cam.project(cam.world_to_camera(world)),
+                                   atol=1e-3)
+        center, scale = crop.box_from_joints(ex["joints/2d"].numpy(), h36m.BOX_MARGIN)
+        np.testing.assert_allclose(ex["box/center"].numpy(), center, atol=1e-3)
+        np.testing.assert_allclose(ex["box/scale"].numpy(), scale, rtol=1e-6)
+        np.testing.assert_allclose(ex["camera/f"].numpy(), cam.f, rtol=1e-6)
+        assert ex["image/encoded"].numpy() == b""  # pose-only
+        assert (ex["image/width"].numpy(), ex["image/height"].numpy()) == \
+            camera.h36m_image_size("S9", camera_id)
+        assert ex["meta/dataset"].numpy() == b"h36m_mocap" and ex["meta/action"].numpy() == \
+            b"walking_1"
+    assert seen == {(c, f) for c in camera.h36m_camera_table()["S9"] for f in range(3)}
+    # network B's pipeline reads them; an image model's skips each, saying what they are for
+    heatmaps = pipeline.make_dataset(str(out / "test-*"), training=False, batch_size=12,
+                                     input_size=64, xy_res=16, inputs="heatmaps")
+    inputs, targets = next(iter(heatmaps))
+    assert inputs["heatmaps"].shape == (12, 16, 16, 17) and targets["has_3d"].numpy().all()
+    images = pipeline.make_dataset(str(out / "test-*"), training=False, batch_size=12,
+                                   input_size=64, xy_res=16)
+    assert not list(images)
+    assert "pose-only MoCap records are for model=lifting" in capfd.readouterr().err
+    # every=2 keeps frames 0 and 2
+    summary = mocap.convert(str(tmp_path / "motion.npz"), str(tmp_path / "every2"),
+                            subjects=("S9",), every=2)
+    assert summary["written"] == {"test": 8}
+
+
+def test_convert_mocap_tool_writes_records_and_bone_lengths(tmp_path, rng):
+    write_fake_motion(tmp_path / "motion.npz", rng, frames=2)
+    out = tmp_path / "out"
+    done, missing = run_scripts([
+        ("tools/convert_mocap.py", [f"--motion={tmp_path / 'motion.npz'}", f"--output_dir={out}"]),
+        ("tools/convert_mocap.py", [f"--motion={tmp_path / 'none.npz'}",
+                                    f"--output_dir={tmp_path / 'out2'}"])])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "records written: {'train': 8, 'test': 8}" in done.stdout
+    assert sorted(os.listdir(out)) == ["bone_lengths.json", "test-00000.tfrecord",
+                                       "train-00000.tfrecord"]
+    assert_one_line_error(missing, f"motion {tmp_path / 'none.npz'}: no such file")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_mocap_views_leave_out_frames_behind_the_camera(rng):
+    cam = camera.Camera.from_h36m("S9", "54138969")
+    in_front = cam.camera_to_world(random_pose(rng, root_depth=5000.0))
+    behind = cam.camera_to_world(random_pose(rng, root_depth=-3000.0))
+    joints_3d, joints_2d, keep = mocap.views(np.stack([in_front, behind]), cam)
+    assert keep.tolist() == [True, False]
+    assert np.isfinite(joints_2d[0]).all() and np.isnan(joints_2d[1]).all()
+    assert (joints_3d[1, :, 2] < 0).all()
+
+
+def test_mocap_bad_inputs_name_the_problem(tmp_path, rng):
+    with pytest.raises(h36m.ConversionError, match="motion .*nowhere.npz: no such file"):
+        mocap.convert(str(tmp_path / "nowhere.npz"), str(tmp_path / "out"))
+    (tmp_path / "text.npz").write_text("not numpy")
+    with pytest.raises(h36m.ConversionError, match="cannot read motion file .*text.npz"):
+        mocap.convert(str(tmp_path / "text.npz"), str(tmp_path / "out"))
+    write_fake_motion(tmp_path / "s9.npz", rng, frames=1, subjects=("S9",))
+    with pytest.raises(h36m.ConversionError, match=r"holds no \"S<n>/<action>\" sequence of "
+                       r"\['S1'\] \(keys such as \['S9/walking_1'\]\)"):
+        mocap.convert(str(tmp_path / "s9.npz"), str(tmp_path / "out"), subjects=("S1",))
+    with pytest.raises(ValueError, match="unknown Human3.6M subject 'S2'"):
+        mocap.convert(str(tmp_path / "s9.npz"), str(tmp_path / "out"), subjects=("S2",))
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        mocap.convert(str(tmp_path / "s9.npz"), str(tmp_path / "out"), every=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_h36m_mocap_is_seen_inside_every_camera_frame(shared_data, tmp_path):
+    """The bundled calibration and the shared motion file agree: every 100th frame of S9
+    and S11, seen by each of the four cameras, projects inside that camera's image."""
+    summary = mocap.convert(str(shared_data / "h36m_mocap_17j_10fps.npz"), str(tmp_path),
+                            subjects=("S9", "S11"), every=100)
+    assert summary["skipped"] == {} and summary["written"]["test"] > 500
+    inside = []
+    for raw in tf.data.TFRecordDataset(sorted(map(str, tmp_path.glob("test-*")))):
+        ex = records.parse_example(raw)
+        uv = ex["joints/2d"].numpy()
+        size = np.array([ex["image/width"].numpy(), ex["image/height"].numpy()])
+        inside.append(((uv >= 0) & (uv < size)).all())
+    assert np.mean(inside) > 0.99, np.mean(inside)
 
 
 def _jpeg_file(path, size=(200, 160), dots=()):

@@ -115,6 +115,11 @@ def test_make_example_rejects_bad_values():
         records.make_example(**{**good, "joints_2d": np.full((17, 2), np.nan)})
     with pytest.raises(ValueError, match="joints_3d"):
         records.make_example(**{**good, "joints_3d": np.zeros((16, 3))})
+    # no image is a pose-only record (MoCap); empty bytes are a caller's mistake
+    pose_only = records.make_example(**{**good, "image_encoded": None})
+    assert records.parse_example(pose_only.SerializeToString())["image/encoded"].numpy() == b""
+    with pytest.raises(ValueError, match="image_encoded is empty"):
+        records.make_example(**{**good, "image_encoded": b""})
 
 
 def test_sharded_writer_never_leaves_a_truncated_shard(tmp_path):
@@ -327,6 +332,36 @@ def test_augmented_joints_follow_the_pixels(synthetic_dir):
         if 3 < x < 61 and 3 < y < 61:
             ys, xs = np.nonzero(image > 0.3 * image.max())
             np.testing.assert_allclose([xs.mean() + 0.5, ys.mean() + 0.5], [x, y], atol=0.6)
+
+
+def test_heatmap_inputs_are_gaussians_at_the_augmented_joints(synthetic_dir):
+    """``inputs="heatmaps"`` (network B alone) reads no image: the same targets as the image
+    pipeline's, with the same augmentation, and per joint a Gaussian of peak 1 centred on
+    its continuous voxel x, y (computed here from the formula), zero where not annotated."""
+    options = dict(input_size=64, xy_res=16, depth=8, seed=4, deterministic=True)
+    take = lambda **kw: next(iter(pipeline.make_dataset(
+        str(synthetic_dir / "train-*"), training=True, batch_size=6, **options, **kw)))
+    image_inputs, image_targets = take()
+    inputs, targets = take(inputs="heatmaps", sigma=1.5)
+    assert set(inputs) == {"heatmaps"} and set(image_inputs) == {"image"}
+    for key in ("joints_voxel", "mask", "center", "scale", "root_depth"):
+        np.testing.assert_allclose(targets[key].numpy(), image_targets[key].numpy(), atol=1e-5)
+    voxels = targets["joints_voxel"].numpy()
+    x = np.arange(16) + 0.5  # pixel centres
+    expected = np.exp(-((x[None, None, :, None] - voxels[:, None, None, :, 0]) ** 2
+                        + (x[None, :, None, None] - voxels[:, None, None, :, 1]) ** 2)
+                      / (2 * 1.5 ** 2))
+    np.testing.assert_allclose(inputs["heatmaps"].numpy(), expected, atol=1e-5)
+    # a joint that is not annotated has no heatmap
+    raw = next(iter(tf.data.TFRecordDataset(str(synthetic_dir / "train-00000.tfrecord"))))
+    ex = dict(records.parse_example(raw))
+    ex["joints/visible"] = tf.constant([0] + [1] * 16, tf.int64)
+    opts = pipeline.PipelineOptions(input_size=64, xy_res=16, inputs="heatmaps")
+    heatmaps = pipeline.preprocess(ex, tf.constant([0, 0], tf.int64), opts, training=False)[0]
+    assert heatmaps["heatmaps"].numpy()[..., 0].max() == 0.0
+    assert heatmaps["heatmaps"].numpy()[..., 1:].max(axis=(0, 1)).min() > 0.5
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        pipeline.PipelineOptions(inputs="depth")
 
 
 def test_augmentation_ops_eager_and_in_dataset_map():

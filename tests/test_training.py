@@ -4,6 +4,7 @@ import glob
 import importlib.util
 import io
 import json
+import math
 import os
 import pathlib
 import signal
@@ -21,7 +22,7 @@ from absl import flags
 from tf_volpose import bone_lengths, skeleton, training
 from tf_volpose.data import pipeline, records, synthetic
 from tests.conftest import (assert_one_line_error, copy_to_file_system, run_scripts,
-                            set_file_size_limit, write_undecodable_records)
+                            set_file_size_limit, write_fake_motion, write_undecodable_records)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=8, input_size=64, depths=(1, 4), batch_size=2, checkpoint_every=2,
@@ -259,6 +260,53 @@ def test_init_checkpoint_restores_matching_layers_by_name(data_dir, tmp_path):
                                   src["stem_conv/kernel"])
     with pytest.raises(ValueError, match="init_checkpoint"):
         training.restore_by_name(target["model"], str(tmp_path / "nothing"))
+
+
+def test_network_b_trains_alone_on_mocap_and_initialises_the_decoupled_model(data_dir, tmp_path,
+                                                                              rng):
+    """Sec. 3.3: network B (2D heatmaps -> volumes) learns from MoCap's pose-only records;
+    the decoupled model then takes A's weights from a 2D run and B's from that run."""
+    from tf_volpose import evaluation, export
+    from tf_volpose.data import mocap
+    write_fake_motion(tmp_path / "motion.npz", rng, frames=2)
+    mocap.convert(str(tmp_path / "motion.npz"), str(tmp_path / "mocap"))
+    sizes = dict(features=8, input_size=64, hourglass_depth=2)
+    lifting = training.TrainConfig(**dict(TINY, **sizes, depths=(2, 4)), model="lifting",
+                                   model_dir=str(tmp_path / "b"), train_steps=4, deterministic=True,
+                                   train_pattern=str(tmp_path / "mocap" / "train-*"),
+                                   val_pattern=str(tmp_path / "mocap" / "test-*"))
+    events = []
+    run_b = training.train(lifting, progress=events.append)
+    assert run_b["model"].input_shape == (None, 16, 16, 17) and math.isfinite(run_b["loss"])
+    assert [e["step"] for e in run_b["validation"]] == [0, 2, 4]
+    assert all(e["mpjpe_mm"] > 0 for e in run_b["validation"])  # the records' 3D joints
+    assert glob.glob(str(tmp_path / "b" / "train" / "events.*"))
+    assert (tmp_path / "b" / "bone_lengths.json").exists()
+    # its root-relative error on the test subjects, from ground-truth 2D heatmaps
+    options = evaluation.EvalOptions(decode="local_softargmax")
+    result, _ = evaluation.evaluate(lifting, options, checkpoint=str(tmp_path / "b"))
+    assert result["mpjpe_mm"]["Walking"]["mean"] > 0 and result["mpjpe_mm"]["Walking"]["frames"] == 8
+    with pytest.raises(ValueError, match="takes 2D heatmaps, not an image"):
+        evaluation.evaluate(lifting, dataclasses.replace(options, flip_test=True),
+                            checkpoint=str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="export the decoupled model initialised from it"):
+        export.export_saved_model(run_b["model"], lifting, str(tmp_path / "exports"),
+                                  np.ones(16))
+    assert not (tmp_path / "exports").exists()
+    # network A: a 2D run (MPII's part), one stack of d = 1
+    run_a = training.train(_config(data_dir, tmp_path / "a", depths=(1,), train_steps=1,
+                                   val_pattern="", **sizes))
+    init = []
+    joint = training.train(_config(data_dir, tmp_path / "ab", model="decoupled",
+                                   decoupled_2d_stacks=1, depths=(2, 4), val_pattern="",
+                                   init_checkpoint=f"{tmp_path / 'a'}, {tmp_path / 'b'}",
+                                   **sizes), dry_run=True, progress=init.append)
+    init = next(e for e in init if e.get("event") == "init")
+    assert init["not_found"] == [] and len(init["restored"]) == len(joint["model"].weights)
+    weights = {w.path: w.numpy() for w in joint["model"].weights}
+    for run in (run_a, run_b):
+        for w in run["model"].weights:
+            np.testing.assert_array_equal(weights[w.path], w.numpy())
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):

@@ -151,6 +151,11 @@ def oracle_heatmaps(joints_voxel, grid, method):
 
 
 def _check_flip_test(config, options):
+    if options.flip_test and config.model == "lifting":
+        raise ValueError(
+            "flip_test mirrors the input image, and network B alone (model='lifting') takes "
+            "2D heatmaps, not an image: evaluate it without flip_test (or flip-test the "
+            "decoupled model initialised from it)")
     if options.flip_test and config.flip_prob == 0:
         raise ValueError(
             "flip_test averages each image with its mirror, which assumes a mirrored image is "
@@ -208,7 +213,7 @@ def collect_predictions(config, options, model=None, file_pattern=None, records_
             voxels = volume.decode_heatmaps_tf(heatmaps, joint_set.num_joints, grid.depth,
                                                options.oracle)[0]
         else:
-            voxels = run_model(inputs["image"])
+            voxels = run_model(inputs[config.input_name])
         K = camera.intrinsics_matrix_tf(targets["focal"], targets["principal"])
         if lengths is not None:
             root = volume.estimate_root_depth_tf(voxels, K, targets["center"], targets["scale"],

@@ -87,6 +87,12 @@ class ServingModule(tf.Module):
                              "Table 1 baseline) has no heatmaps, and the signatures serve "
                              "heatmaps: export and predict take volumetric and decoupled "
                              "models; evaluate this one with tools/eval.py")
+        if config.model == "lifting":
+            raise ValueError("network B alone (model='lifting') takes 2D heatmaps, not an "
+                             "image, and the signatures take images: export the decoupled "
+                             "model initialised from it (model='decoupled', "
+                             "init_checkpoint=this run and network A's); evaluate this one "
+                             "with tools/eval.py")
         self.model = model
         self.config = config
         self.joint_set = skeleton.get_joint_set(config.joint_set)

@@ -36,7 +36,7 @@ from tf_volpose import _files, bone_lengths, camera, losses, skeleton, summaries
 from tf_volpose.data import augment, pipeline, records, synthetic
 from tf_volpose.models import decoupled, hourglass, regression, volumetric
 
-MODELS = ("volumetric", "regression", "decoupled")
+MODELS = ("volumetric", "regression", "decoupled", "lifting")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 SCHEDULES = ("constant", "step", "cosine")
@@ -54,9 +54,11 @@ class TrainConfig:
     model_dir: str = _field("runs/default", "Checkpoints and TensorBoard events; resumes if present.")
     train_pattern: str = _field("", "Glob of training records.")
     val_pattern: str = _field("", "Glob of validation records (empty: no validation).")
-    model: str = _field("volumetric", f"One of {MODELS}.")
+    model: str = _field("volumetric", f"One of {MODELS} (lifting: the decoupled model's "
+                        "network B alone, 2D heatmaps -> volumes, trained on records' joints, "
+                        "such as MoCap's pose-only records: tools/convert_mocap.py).")
     backbone: str = _field("hg", "hg (Newell) or hg-stacked (the authors' c2f design).")
-    depths: Tuple[int, ...] = _field((1, 2, 4, 64), "Depth resolution per stack (decoupled: of network B).")
+    depths: Tuple[int, ...] = _field((1, 2, 4, 64), "Depth resolution per stack (decoupled, lifting: of network B).")
     decoupled_2d_stacks: int = _field(2, "Decoupled model: stacks of the image -> 2D network A.")
     features: int = _field(256, "Hourglass width.")
     joint_set: str = _field("h36m17", "Joint set of the records.")
@@ -82,7 +84,9 @@ class TrainConfig:
     decode: str = _field("local_softargmax", f"Heatmap decoding for validation: {volume.DECODE_METHODS}.")
     mixed_precision: str = _field("none", f"One of {PRECISIONS}.")
     strategy: str = _field("default", f"One of {STRATEGIES}.")
-    init_checkpoint: str = _field("", "Checkpoint (or model dir) to initialise matching weights from.")
+    init_checkpoint: str = _field("", "Checkpoint (or model dir) to initialise matching weights "
+                                  "from; comma-separated, several (the decoupled model: network "
+                                  "A's run, then network B's).")
     seed: int = _field(0, "Seed of the data order and augmentation.")
     deterministic: bool = _field(False, "Deterministic input order (slower).")
     augment: bool = _field(True, "Apply the paper's augmentation.")
@@ -138,6 +142,12 @@ class TrainConfig:
         return self.model == "regression" or self.fine_depth > 1
 
     @property
+    def input_name(self):
+        """The model's input: ``"heatmaps"`` (``(B, S/4, S/4, J)`` 2D heatmaps) for network B
+        alone, else ``"image"`` (``(B, S, S, 3)``); the pipeline's ``inputs``."""
+        return "heatmaps" if self.model == "lifting" else "image"
+
+    @property
     def xy_res(self):
         return self.input_size // 4
 
@@ -172,12 +182,14 @@ def build_model(config):
         return regression.build_regression_model(joints, config.backbone, config.features,
                                                  config.input_size, 1, config.hourglass_depth,
                                                  conv_bias=config.conv_bias)
-    net_a = decoupled.build_2d_network(joints, config.decoupled_2d_stacks, config.backbone,
-                                       config.features, config.input_size, config.hourglass_depth,
-                                       conv_bias=config.conv_bias)
     net_b = decoupled.build_lifting_network(joints, config.depths, config.backbone,
                                             config.features, config.xy_res, config.hourglass_depth,
                                             conv_bias=config.conv_bias)
+    if config.model == "lifting":  # its layer names are the decoupled model's: init_checkpoint
+        return net_b
+    net_a = decoupled.build_2d_network(joints, config.decoupled_2d_stacks, config.backbone,
+                                       config.features, config.input_size, config.hourglass_depth,
+                                       conv_bias=config.conv_bias)
     return decoupled.build_decoupled_model(net_a, net_b)
 
 
@@ -209,8 +221,9 @@ class TrainingForward:
     def __init__(self, config, model, fuse_head=True):
         self.model = model
         self.head, self.trunk = None, None
-        if fuse_head and config.model == "volumetric":
-            self.head, self.trunk = self._to_last_head(model, prefix="s")
+        if fuse_head and config.model in ("volumetric", "lifting"):
+            prefix = "s" if config.model == "volumetric" else "b_s"
+            self.head, self.trunk = self._to_last_head(model, prefix=prefix)
         elif fuse_head and config.model == "decoupled":
             # the head is network B's; A runs whole and feeds B's trunk
             net_a, net_b = model.get_layer("net_a"), model.get_layer("net_b")
@@ -240,7 +253,8 @@ class TrainingForward:
         return head, keras.Model(model.inputs, outputs, name=f"{model.name}_to_last_head")
 
     def __call__(self, images):
-        """``(B, S, S, 3)`` -> ``{"stack0": heatmaps, ..., "stack{k-1}": heatmaps or HeadInput}``."""
+        """``(B, S, S, 3)`` (network B: 2D heatmaps ``(B, S/4, S/4, J)``) ->
+        ``{"stack0": heatmaps, ..., "stack{k-1}": heatmaps or HeadInput}``."""
         if self.trunk is None:
             return self.model(images, training=True)
         outputs = dict(self.trunk(images, training=True))
@@ -364,27 +378,35 @@ def check_checkpoint_matches(model, path, config, name="checkpoint"):
                      f"{'; '.join(problems)}.{hint}")
 
 
-def restore_by_name(model, path):
-    """Initialises ``model`` weights from a tf_volpose checkpoint, matching layer paths.
+def restore_by_name(model, paths):
+    """Initialises ``model`` weights from tf_volpose checkpoints, matching layer paths.
+
+    Args:
+      model: the Keras model.
+      paths: a checkpoint (or run directory), or several, comma-separated or as a list:
+        the decoupled model takes network A's weights from one run (``net_a``'s layers, a
+        2D run's) and network B's from another (``b_*``, a ``model=lifting`` run). Read
+        in order; a weight that several hold takes the last one's value.
 
     Returns:
       ``(restored, not_found)``: lists of weight paths.
     """
-    path = checkpoint_path(path, "init_checkpoint")
-    try:
-        reader = tf.train.load_checkpoint(path)
-    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
-        raise ValueError(f"init_checkpoint {path!r} cannot be read: {e}") from e
-    shapes = reader.get_variable_to_shape_map()
-    restored, not_found = [], []
-    for weight in model.weights:
-        key = f"{_BY_NAME}{_escape(weight.path)}{_VALUE}"
-        if key in shapes and tuple(shapes[key]) == tuple(weight.shape):
-            weight.assign(reader.get_tensor(key))
-            restored.append(weight.path)
-        else:
-            not_found.append(weight.path)
-    return restored, not_found
+    paths = [p.strip() for p in paths.split(",")] if isinstance(paths, str) else list(paths)
+    restored = set()
+    for path in paths:
+        path = checkpoint_path(path, "init_checkpoint")
+        try:
+            reader = tf.train.load_checkpoint(path)
+        except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
+            raise ValueError(f"init_checkpoint {path!r} cannot be read: {e}") from e
+        shapes = reader.get_variable_to_shape_map()
+        for weight in model.weights:
+            key = f"{_BY_NAME}{_escape(weight.path)}{_VALUE}"
+            if key in shapes and tuple(shapes[key]) == tuple(weight.shape):
+                weight.assign(reader.get_tensor(key))
+                restored.add(weight.path)
+    return ([w.path for w in model.weights if w.path in restored],
+            [w.path for w in model.weights if w.path not in restored])
 
 
 # ---------------------------------------------------------------- summaries
@@ -392,8 +414,14 @@ def restore_by_name(model, path):
 
 def image_summaries(config, images, outputs, targets, max_images=3):
     """:func:`summaries.training_images` of a batch and ``model(images)``'s outputs: the
-    decoded and ground-truth joints in crop pixels and, for heatmap models, every stack."""
+    decoded and ground-truth joints in crop pixels and, for heatmap models, every stack.
+    Network B's input heatmaps (``model=lifting``) are shown as a grey crop: their
+    maximum over the joints, at the crop's size."""
     to_px = config.input_size / config.xy_res
+    if config.input_name == "heatmaps":
+        grey = tf.reduce_max(images, axis=-1, keepdims=True)
+        images = tf.image.resize(tf.tile(grey, [1, 1, 1, 3]), [config.input_size] * 2,
+                                 method="nearest")
     stacks = [] if config.model == "regression" else stack_outputs(outputs)
     return summaries.training_images(
         images, predict_voxels(config, outputs)[..., :2] * to_px,
@@ -614,7 +642,7 @@ def _train(config, dry_run, report):
                                     **data_options)
         taken = 0
         for inputs, targets in val:
-            keep = min(int(inputs["image"].shape[0]), config.val_examples - taken)
+            keep = min(int(inputs[config.input_name].shape[0]), config.val_examples - taken)
             val_batches.append(({k: v[:keep] for k, v in inputs.items()},
                                 {k: v[:keep] for k, v in targets.items()}))
             taken += keep
@@ -642,7 +670,7 @@ def _train(config, dry_run, report):
     def train_step(iterator):
         def step_fn(inputs, targets):
             with tf.GradientTape() as tape:
-                outputs = forward(inputs["image"])
+                outputs = forward(inputs[config.input_name])
                 per_example, per_stack = compute_loss(config, outputs, targets)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
                 scaled = optimizer.scale_loss(loss)
@@ -682,15 +710,15 @@ def _train(config, dry_run, report):
 
     def write_image_summaries():
         inputs, targets = val_batches[0]
-        summaries.write_images(image_summaries(config, inputs["image"], predict(inputs["image"]),
-                                               targets))
+        summaries.write_images(image_summaries(config, inputs[config.input_name],
+                                               predict(inputs[config.input_name]), targets))
 
     def validate(at_step):
         if not val_batches:
             return None
         voxel_err, mm_err, count_3d = [], [], 0
         for inputs, targets in val_batches:
-            voxels = predict_voxels(config, predict(inputs["image"]))
+            voxels = predict_voxels(config, predict(inputs[config.input_name]))
             gt = targets["joints_voxel"]
             voxel_err.append(tf.reduce_mean(tf.norm(voxels - gt, axis=-1), axis=-1).numpy())
             has_3d = targets["has_3d"].numpy() > 0
@@ -829,7 +857,8 @@ def pipeline_options(config):
                     else augment.NO_AUGMENTATION)
     return dict(input_size=config.input_size, xy_res=config.xy_res, depth=config.fine_depth,
                 z_range_mm=config.z_range_mm, joint_set=config.joint_set, seed=config.seed,
-                deterministic=config.deterministic, augmentation=augmentation)
+                deterministic=config.deterministic, augmentation=augmentation,
+                inputs=config.input_name, sigma=config.sigma)
 
 
 def checkpoint_path(checkpoint, name="checkpoint"):

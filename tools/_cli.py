@@ -17,6 +17,7 @@
   with status 1, instead of a traceback.
 """
 
+import os
 import sys
 
 from tf_volpose import _startup
@@ -44,3 +45,25 @@ def run(main, errors=()):
             print(f"error: {_files.error_message(e)}", file=sys.stderr)
             sys.exit(1)
     app.run(readable_main)
+
+
+def sequence_progress():
+    """A converter's ``progress(done, total, summary)``: a progress bar over its
+    sequences, with the records written so far."""
+    import keras  # the tools that convert need it; the others load faster without
+    bar = {}
+
+    def progress(done, total, summary):
+        bar.setdefault("bar", keras.utils.Progbar(total, unit_name="sequence"))
+        bar["bar"].update(done, [("records", sum(summary["written"].values()))])
+    return progress
+
+
+def report_conversion(summary, output_dir, skipped="frames skipped"):
+    """Prints a converter's summary and, when it wrote training records, writes their
+    mean bone lengths beside them (``bone_lengths.json``, which root-depth fits read)."""
+    from tf_volpose import bone_lengths
+    print(f"records written: {summary['written']}")
+    print(f"{skipped}: {summary['skipped'] or 'none'}")
+    if summary["written"].get("train"):
+        print(f"wrote {bone_lengths.write(os.path.join(output_dir, 'train-*'))}")

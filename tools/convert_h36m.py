@@ -7,14 +7,10 @@ Writes train-*.tfrecord (S1, S5, S6, S7, S8) and test-*.tfrecord (S9, S11), then
 bone_lengths.json (mean training bone lengths) beside them.
 """
 
-import os
-
 import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this script runs
 
-import keras
 from absl import flags
 
-from tf_volpose import bone_lengths
 from tf_volpose.data import h36m
 
 FLAGS = flags.FLAGS
@@ -29,19 +25,10 @@ flags.mark_flags_as_required(["h36m_root", "output_dir"])
 
 def main(argv):
     del argv
-    bar = {}
-
-    def progress(done, total, summary):
-        bar.setdefault("bar", keras.utils.Progbar(total, unit_name="sequence"))
-        bar["bar"].update(done, [("records", sum(summary["written"].values()))])
-
     summary = h36m.convert(FLAGS.h36m_root, FLAGS.output_dir, FLAGS.frames_root,
-                           tuple(FLAGS.subjects), FLAGS.every, FLAGS.strict, progress=progress)
-    print(f"records written: {summary['written']}")
-    print(f"frames skipped: {summary['skipped'] or 'none'}")
-    if summary["written"].get("train"):
-        path = bone_lengths.write(os.path.join(FLAGS.output_dir, "train-*"))
-        print(f"wrote {path}")
+                           tuple(FLAGS.subjects), FLAGS.every, FLAGS.strict,
+                           progress=_cli.sequence_progress())
+    _cli.report_conversion(summary, FLAGS.output_dir)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,17 @@ def require_input(path, what, directory=False):
     return path
 
 
+def check_selection(subjects, every):
+    """Raises a ValueError for a subject that is not Human3.6M's or an ``every`` (keep
+    every N-th frame) that is not a positive integer, before anything is read."""
+    for subject in subjects:
+        if subject not in TRAIN_SUBJECTS + TEST_SUBJECTS:
+            raise ValueError(f"unknown Human3.6M subject {subject!r}")
+    if int(every) != every or every < 1:
+        raise ValueError(f"every must be a positive integer (keep every N-th frame), got "
+                         f"{every!r}")
+
+
 def read_cdf(path, variable="Pose"):
     """``(F, C)`` float64 array of a Human3.6M CDF file's ``variable``."""
     import cdflib
@@ -117,12 +128,7 @@ def convert(h36m_root, output_dir, frames_root=None, subjects=TRAIN_SUBJECTS + T
     Returns:
       Summary dict: ``written`` per split, ``skipped`` per reason.
     """
-    for subject in subjects:
-        if subject not in TRAIN_SUBJECTS + TEST_SUBJECTS:
-            raise ValueError(f"unknown Human3.6M subject {subject!r}")
-    if int(every) != every or every < 1:
-        raise ValueError(f"every must be a positive integer (keep every N-th frame), got "
-                         f"{every!r}")
+    check_selection(subjects, every)
     if frames_root:
         require_input(frames_root, "frames_root", directory=True)
     todo = sequences(require_input(h36m_root, "h36m_root", directory=True), subjects)

@@ -2,7 +2,12 @@
 
 ``make_dataset`` yields ``(inputs, targets)``:
 
-* ``inputs["image"]``: ``(B, S, S, 3)`` float32 in [0, 1];
+* ``inputs["image"]``: ``(B, S, S, 3)`` float32 in [0, 1]; or, with
+  ``inputs="heatmaps"`` (network B trained alone, ``model=lifting``),
+  ``inputs["heatmaps"]`` ``(B, S/4, S/4, J)``: the 2D heatmaps of the
+  (augmented) joints, as network A would predict them (peak 1, ``sigma`` 2
+  voxels, zero for joints not annotated), rendered from the joints alone, so
+  records without images (:mod:`.mocap`) serve;
 * ``targets["joints_voxel"]``: ``(B, J, 3)`` continuous coordinates on the fine
   grid (``xy_res`` x ``xy_res`` x ``depth``); each stack's target is this with z
   scaled by ``d / depth`` (``losses.stack_targets``) -- no dense volumes;
@@ -32,7 +37,7 @@ import sys
 
 import tensorflow as tf
 
-from tf_volpose import _files, crop, skeleton, volume
+from tf_volpose import _files, crop, losses, skeleton, volume
 from tf_volpose.data import augment, records
 
 
@@ -52,6 +57,15 @@ class PipelineOptions:
     num_shards: int = 1  # input pipelines (workers) sharing the records
     shard_index: int = 0
     records_per_file: int = 0  # read only the first N of each file (0: all): a spread-out sample
+    inputs: str = "image"  # or "heatmaps": 2D heatmaps of the joints, no image read
+    sigma: float = 2.0  # of the rendered input heatmaps, voxels
+
+    def __post_init__(self):
+        if self.inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {INPUTS}, got {self.inputs!r}")
+
+
+INPUTS = ("image", "heatmaps")
 
 
 def list_files(file_pattern):
@@ -134,17 +148,18 @@ def _is_image(data):
     return jpeg | png
 
 
-def validate(example, num_joints):
-    """Boolean scalar: whether a parsed record can be used."""
+def validate(example, num_joints, needs_image=True):
+    """Boolean scalar: whether a parsed record can be used (with ``needs_image``, only
+    if it holds a JPEG or PNG: a pose-only record has none)."""
     visible = example["joints/visible"] > 0
     joints_2d = example["joints/2d"]
     finite_2d = tf.reduce_all(tf.math.is_finite(tf.boolean_mask(joints_2d, visible)))
     finite_3d = tf.reduce_all(tf.math.is_finite(example["joints/3d"]))
     shapes = (tf.shape(joints_2d)[0] == num_joints) & (tf.size(visible) == num_joints) & (
         (tf.shape(example["joints/3d"])[0] == 0) | (tf.shape(example["joints/3d"])[0] == num_joints))
-    return (shapes & finite_2d & finite_3d & (example["box/scale"] > 0)
-            & tf.reduce_all(tf.math.is_finite(example["box/center"]))
-            & _is_image(example["image/encoded"]))
+    ok = (shapes & finite_2d & finite_3d & (example["box/scale"] > 0)
+          & tf.reduce_all(tf.math.is_finite(example["box/center"])))
+    return ok & _is_image(example["image/encoded"]) if needs_image else ok
 
 
 def decode_crop(data, height, width, A, input_size):
@@ -173,9 +188,6 @@ def preprocess(example, seed, options, training):
     center = example["box/center"]
     scale = example["box/scale"] * aug["scale"]
     A = crop.crop_transform_tf(center, scale, options.input_size, aug["rotation_deg"], aug["flip"])
-    image = decode_crop(example["image/encoded"], example["image/height"], example["image/width"],
-                        A, options.input_size)
-    image = augment.apply_color_gain(image, aug["gain"])
 
     num_joints = joint_set.num_joints
     has_3d = tf.shape(example["joints/3d"])[0] > 0
@@ -191,7 +203,19 @@ def preprocess(example, seed, options, training):
     voxels = augment.flip_joints(voxels, aug["flip"], joint_set.flip_index)
     mask = augment.flip_joints(mask, aug["flip"], joint_set.flip_index)
 
-    inputs = {"image": tf.ensure_shape(image, [options.input_size, options.input_size, 3])}
+    if options.inputs == "heatmaps":
+        # depth 1 with z at the middle of its one bin: the plain 2D Gaussians, peak 1
+        # (losses.render_targets); at z = 0, the bin's edge, they would peak at 0.5
+        xy = tf.concat([voxels[:, :2], tf.fill([num_joints, 1], 0.5)], axis=-1)
+        heatmaps = losses.render_targets(xy[None], options.xy_res, options.xy_res, 1,
+                                         options.sigma, fine_depth=1)[0] * mask
+        inputs = {"heatmaps": tf.ensure_shape(heatmaps, [options.xy_res, options.xy_res,
+                                                         num_joints])}
+    else:
+        image = decode_crop(example["image/encoded"], example["image/height"],
+                            example["image/width"], A, options.input_size)
+        image = augment.apply_color_gain(image, aug["gain"])
+        inputs = {"image": tf.ensure_shape(image, [options.input_size, options.input_size, 3])}
     targets = {
         "joints_voxel": tf.ensure_shape(voxels, [num_joints, 3]),
         "mask": tf.ensure_shape(mask, [num_joints]),
@@ -303,7 +327,7 @@ def make_dataset(file_pattern, *, training, batch_size, counts=None, **options):
     def parse(position, element):
         path, index, serialized = element
         example = records.parse_example(serialized)
-        ok = validate(example, num_joints)
+        ok = validate(example, num_joints, needs_image=opts.inputs == "image")
         if opts.strict:
             with tf.control_dependencies([tf.debugging.Assert(ok, [
                     "invalid record (NaN joints, bad box or image)", path, "index", index])]):
@@ -313,7 +337,8 @@ def make_dataset(file_pattern, *, training, batch_size, counts=None, **options):
     def keep(position, example, ok, path, index):
         def warn():
             tf.print("WARNING: skipping invalid record (NaN/Inf joints, bad box or not a "
-                     "JPEG/PNG image):", path, "record", index, output_stream=sys.stderr)
+                     "JPEG/PNG image; pose-only MoCap records are for model=lifting):", path,
+                     "record", index, output_stream=sys.stderr)
             return ok
         return tf.cond(ok, lambda: ok, warn)
 

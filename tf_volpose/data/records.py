@@ -6,7 +6,9 @@ Feature keys (one record = one person in one frame):
 key                           type     meaning
 ============================  =======  ==================================================
 ``image/encoded``             bytes    JPEG of the full frame, or of a generous crop with
-                                       box and intrinsics adjusted accordingly
+                                       box and intrinsics adjusted accordingly; empty in
+                                       a pose-only record (MoCap, :mod:`.mocap`), which
+                                       only the lifting network (``model=lifting``) reads
 ``image/height``, ``/width``  int64    size of the encoded image, px
 ``joints/2d``                 float    J*2, px in the encoded image (with lens distortion)
 ``joints/3d``                 float    J*3, camera frame, mm; empty for 2D-only data
@@ -77,7 +79,9 @@ def make_example(image_encoded, height, width, joints_2d, center, scale, f, c, j
     """Builds one record; checks shapes and values and names what is wrong.
 
     Args:
-      image_encoded: JPEG (or PNG) bytes. height, width: its size, px.
+      image_encoded: JPEG (or PNG) bytes; ``None`` for a pose-only record (MoCap: the
+        joints as a camera sees them, no image). height, width: the image's size, px
+        (of a pose-only record: the camera's frame).
       joints_2d: (J, 2) px in the encoded image.
       center: (2,) px. scale: box side / 200 px (positive).
       f, c: (2,) intrinsics of the encoded image, px.
@@ -87,8 +91,8 @@ def make_example(image_encoded, height, width, joints_2d, center, scale, f, c, j
     Returns:
       ``tf.train.Example``.
     """
-    if not image_encoded:
-        raise ValueError("image_encoded is empty")
+    if image_encoded is not None and not image_encoded:
+        raise ValueError("image_encoded is empty (None makes a pose-only record)")
     joints_2d = _checks.as_array("joints_2d", joints_2d, shape=(None, 2))
     num_joints = len(joints_2d)
     _checks.as_array("center", center, shape=(2,))
@@ -96,7 +100,7 @@ def make_example(image_encoded, height, width, joints_2d, center, scale, f, c, j
     _checks.positive("f", _checks.as_array("f", f, shape=(2,)))
     _checks.as_array("c", c, shape=(2,))
     feature = {
-        "image/encoded": _bytes(image_encoded),
+        "image/encoded": _bytes(image_encoded or b""),
         "image/height": _ints([height]),
         "image/width": _ints([width]),
         "joints/2d": _floats(joints_2d),

@@ -29,6 +29,7 @@ import numpy as np
 
 from tf_volpose import _files, camera, crop
 from tf_volpose.data import records
+from tf_volpose.data.mocap import load_motion
 
 RENDER_SIZE = 384
 MANIFEST_FILE = "synthetic.json"  # written last: what a complete set was rendered with
@@ -205,26 +206,6 @@ def _render_one(args):
     example = records.make_example(dataset="synthetic", subject=subject, action=action,
                                    frame=frame, **fields)
     return example.SerializeToString(deterministic=True)
-
-
-def load_motion(path):
-    """Reads ``(frames, 17, 3)`` world-mm arrays from an ``.npz``; keys ``"S<n>/<action>"``."""
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read motion file {path} as a NumPy .npz archive: "
-                         f"{_files.error_reason(e)}") from e
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"motion file {path} is a single .npy array, not an .npz archive "
-                         f"of \"S<n>/<action>\" sequences")
-    motion = {}
-    for key in data.files:
-        array = data[key]
-        if array.ndim == 3 and array.shape[1:] == (17, 3):
-            motion[key] = array.astype(np.float64)
-    if not motion:
-        raise ValueError(f"motion file {path} holds no (frames, 17, 3) arrays; keys: {data.files}")
-    return motion
 
 
 def _motion_tasks(motion, split, count, seed):
