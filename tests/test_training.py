@@ -285,7 +285,8 @@ def test_network_b_trains_alone_on_mocap_and_initialises_the_decoupled_model(dat
     # its root-relative error on the test subjects, from ground-truth 2D heatmaps
     options = evaluation.EvalOptions(decode="local_softargmax")
     result, _ = evaluation.evaluate(lifting, options, checkpoint=str(tmp_path / "b"))
-    assert result["mpjpe_mm"]["Walking"]["mean"] > 0 and result["mpjpe_mm"]["Walking"]["frames"] == 8
+    walking = result["mpjpe_mm"]["Walking"]
+    assert walking["mean"] > 0 and walking["frames"] == 8
     with pytest.raises(ValueError, match="takes 2D heatmaps, not an image"):
         evaluation.evaluate(lifting, dataclasses.replace(options, flip_test=True),
                             checkpoint=str(tmp_path / "b"))

@@ -58,7 +58,8 @@ class TrainConfig:
                         "network B alone, 2D heatmaps -> volumes, trained on records' joints, "
                         "such as MoCap's pose-only records: tools/convert_mocap.py).")
     backbone: str = _field("hg", "hg (Newell) or hg-stacked (the authors' c2f design).")
-    depths: Tuple[int, ...] = _field((1, 2, 4, 64), "Depth resolution per stack (decoupled, lifting: of network B).")
+    depths: Tuple[int, ...] = _field((1, 2, 4, 64), "Depth resolution per stack (decoupled, "
+                                     "lifting: of network B).")
     decoupled_2d_stacks: int = _field(2, "Decoupled model: stacks of the image -> 2D network A.")
     features: int = _field(256, "Hourglass width.")
     joint_set: str = _field("h36m17", "Joint set of the records.")

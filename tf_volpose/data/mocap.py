@@ -59,7 +59,8 @@ def views(poses_world, cam):
     frames, joints, _ = poses_world.shape
     finite = np.isfinite(poses_world).all(axis=(1, 2))
     joints_3d = np.full((frames, joints, 3), np.nan)
-    joints_3d[finite] = cam.world_to_camera(poses_world[finite].reshape(-1, 3)).reshape(-1, joints, 3)
+    seen = cam.world_to_camera(poses_world[finite].reshape(-1, 3))
+    joints_3d[finite] = seen.reshape(-1, joints, 3)
     keep = finite & (np.nan_to_num(joints_3d[..., 2]) > 0).all(axis=1)
     joints_2d = np.full((frames, joints, 2), np.nan)
     if keep.any():
