@@ -71,7 +71,9 @@ def views(poses_world, cam):
 def convert(motion_path, output_dir, subjects=h36m.TRAIN_SUBJECTS + h36m.TEST_SUBJECTS, every=1,
             examples_per_shard=10000, progress=None):
     """Writes the pose-only records of a motion file: ``train-*.tfrecord`` (S1, S5-S8)
-    and ``test-*.tfrecord`` (S9, S11), one record per frame and camera.
+    and ``test-*.tfrecord`` (S9, S11), one record per frame and camera. A record's
+    ``meta/frame`` is the frame's index in the motion file (10 fps in the shared one),
+    not in the 50 fps videos.
 
     Args:
       motion_path: ``.npz`` of ``"S<n>/<action>"`` -> ``(frames, 17, 3)`` world mm.
@@ -109,7 +111,8 @@ def convert(motion_path, output_dir, subjects=h36m.TRAIN_SUBJECTS + h36m.TEST_SU
                 cam = camera.Camera.from_h36m(subject, camera_id)
                 width, height = camera.h36m_image_size(subject, camera_id)
                 joints_3d, joints_2d, keep = views(motion[key][frames], cam)
-                summary["skipped"]["non-finite or behind the camera"] += int((~keep).sum())
+                if not keep.all():
+                    summary["skipped"]["non-finite or behind the camera"] += int((~keep).sum())
                 for i in np.flatnonzero(keep):
                     center, scale = crop.box_from_joints(joints_2d[i], h36m.BOX_MARGIN)
                     writers[split].write(records.make_example(
@@ -119,5 +122,4 @@ def convert(motion_path, output_dir, subjects=h36m.TRAIN_SUBJECTS + h36m.TEST_SU
                     summary["written"][split] += 1
             if progress:
                 progress(done, len(todo), summary)
-    summary["skipped"] = {k: v for k, v in summary["skipped"].items() if v}
-    return {"written": dict(summary["written"]), "skipped": summary["skipped"]}
+    return {"written": dict(summary["written"]), "skipped": dict(summary["skipped"])}
