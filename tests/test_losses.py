@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 from math import erf, sqrt
 
-from tf_volpose import losses
+from tf_volpose import losses, volume
 
 
 @pytest.mark.parametrize("depth", [1, 2, 4, 64])
@@ -142,3 +142,75 @@ def test_coordinate_loss_by_hand():
     assert losses.coordinate_loss(pred, joints, 16, 64).numpy() == 0.0
     off = pred + [[[0.3, 0.4, 0.0], [0, 0, 0]]]  # squared error 0.25 on one of two joints
     np.testing.assert_allclose(losses.coordinate_loss(off, joints, 16, 64).numpy(), 0.125)
+
+
+def _soft_argmax_by_hand(heatmaps, joints, depth):
+    """Expectation of the voxel centres under each joint's softmax, in float64 loops."""
+    b, ny, nx, _ = heatmaps.shape
+    volume = heatmaps.astype(np.float64).reshape(b, ny, nx, joints, depth)
+    out = np.zeros((b, joints, 3))
+    for i in range(b):
+        for j in range(joints):
+            w = np.exp(volume[i, :, :, j] - volume[i, :, :, j].max())
+            w /= w.sum()
+            yy, xx, zz = np.meshgrid(np.arange(ny) + 0.5, np.arange(nx) + 0.5,
+                                     np.arange(depth) + 0.5, indexing="ij")
+            out[i, j] = [(w * xx).sum(), (w * yy).sum(), (w * zz).sum()]
+    return out
+
+
+@pytest.mark.parametrize("depth", [1, 4])
+def test_integral_loss_is_the_l1_error_of_the_soft_argmax(rng, depth):
+    heatmaps = rng.normal(0, 3, (2, 8, 6, 3 * depth)).astype(np.float32)
+    joints = rng.uniform(-1, 9, (2, 3, 3)) * [1, 1, depth / 8]
+    mask = np.array([[1, 0, 1], [1, 1, 1]], np.float32)
+    loss = losses.integral_loss_per_example(tf.constant(heatmaps), tf.constant(joints), depth,
+                                            tf.constant(mask)).numpy()
+    error = np.abs(_soft_argmax_by_hand(heatmaps, 3, depth) - joints) / [6, 8, depth]
+    if depth == 1:  # one bin: no z to learn
+        error[..., 2] = 0.0
+    expected = (error.sum(-1) * mask).mean(-1)  # masked joints count 0 of the 3
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_integral_loss_of_a_sharp_peak_by_hand_and_its_gradient_pulls_to_the_target():
+    heatmaps = np.zeros((1, 4, 4, 2), np.float32)  # one joint, depth 2
+    heatmaps[0, 1, 3, 1] = 60.0  # y 1, x 3, z 1: the soft-argmax is that voxel's centre
+    target = tf.constant([[[1.5, 1.5, 0.5]]])
+    loss = losses.integral_loss_per_example(tf.constant(heatmaps), target, 2)
+    # |3.5 - 1.5| / 4 + |1.5 - 1.5| / 4 + |1.5 - 0.5| / 2
+    np.testing.assert_allclose(loss.numpy(), [1.0], rtol=1e-6)
+    # a softer peak: gradient steps move the soft-argmax towards the target
+    logits = tf.Variable(heatmaps / 15.0)
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            loss = losses.integral_loss_per_example(logits, target, 2)
+        logits.assign_sub(10.0 * tape.gradient(loss, logits))
+    before = losses.integral_loss_per_example(tf.constant(heatmaps / 15.0), target, 2)[0]
+    after = losses.integral_loss_per_example(logits, target, 2)[0]
+    assert after < 0.8 * before
+    # d E[x] / d h_i = w_i (x_i - E[x]) (softmax), for a flat volume: the voxel right of
+    # the centre raises E[x] by (3.5 - 2) / 32 per unit of logit
+    flat = tf.Variable(tf.zeros([1, 4, 4, 2]))
+    with tf.GradientTape() as tape:
+        x = volume.soft_argmax_tf(flat, 1)[0, 0, 0]
+    np.testing.assert_allclose(tape.gradient(x, flat).numpy()[0, 0, 3, 0], 1.5 / 32, rtol=1e-5)
+
+
+def test_integral_loss_in_multi_stage_loss_and_its_errors(rng):
+    joints = tf.constant(rng.uniform(1, 7, (2, 3, 3)) * [1, 1, 0.5], tf.float32)  # z on 4
+    outputs = [tf.constant(rng.normal(0, 1, (2, 8, 8, 3 * d)), tf.float32) for d in (2, 4)]
+    total, per_stack = losses.multi_stage_loss(outputs, joints, (2, 4), weights=(1.0, 3.0),
+                                               fine_depth=4, loss="integral")
+    scaled = losses.stack_targets(joints, (2, 4), fine_depth=4)
+    for got, out, target, d in zip(per_stack, outputs, scaled, (2, 4)):
+        np.testing.assert_allclose(
+            got.numpy(), np.mean(losses.integral_loss_per_example(out, target, d)), rtol=1e-6)
+    np.testing.assert_allclose(total.numpy(), per_stack[0].numpy() + 3 * per_stack[1].numpy(),
+                               rtol=1e-6)
+    head = losses.HeadInput(tf.zeros([2, 8, 8, 5]), tf.zeros([1, 1, 5, 12]), None)
+    with pytest.raises(ValueError, match="integral loss needs the heatmaps"):
+        losses.multi_stage_loss([head], joints, (4,), fine_depth=4, loss="integral")
+    with pytest.raises(ValueError, match=r"loss must be one of \('volumetric', 'integral'\), "
+                                         r"got 'l2'"):
+        losses.multi_stage_loss(outputs, joints, (2, 4), fine_depth=4, loss="l2")

@@ -332,6 +332,14 @@ def test_bad_config_values_raise():
         training.TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match=r"flip_prob must be in \[0, 1\], got 1.5"):
         training.TrainConfig(flip_prob=1.5)
+    with pytest.raises(ValueError, match=r"loss must be one of \('volumetric', 'integral'\)"):
+        training.TrainConfig(loss="l1")
+    # an integral-loss volume is decoded by its soft-argmax, not its peak
+    with pytest.raises(ValueError, match="decode must be softargmax with loss='integral', "
+                                         "got 'local_softargmax'"):
+        training.TrainConfig(loss="integral")
+    with pytest.raises(ValueError, match="for model='regression'"):
+        training.TrainConfig(model="regression", loss="integral", decode="softargmax")
 
 
 def _run_tool(args, env=None, **kw):
@@ -617,6 +625,32 @@ def test_training_forward_leaves_the_last_head_to_the_loss_with_equal_gradients(
         g = g.numpy()
         np.testing.assert_allclose(g_fused.numpy(), g, rtol=1e-4, atol=1e-4 * np.abs(g).max(),
                                    err_msg=variable.path)
+
+
+def test_integral_loss_trains_through_the_heatmaps_and_exports_its_soft_argmax(data_dir,
+                                                                               tmp_path, rng):
+    """Sun et al.'s integral loss: the last head is not fused (the loss needs the heatmaps),
+    the loss is the stacks' soft-argmax error, and the export decodes it the same way."""
+    from tf_volpose import export, losses
+    config = _config(data_dir, tmp_path / "run", loss="integral", decode="softargmax",
+                     loss_weights=(1.0, 2.0))
+    model = training.build_model(config)
+    forward = training.TrainingForward(config, model)
+    assert forward.head is None and forward.trunk is None
+    images = tf.constant(rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32))
+    joints = tf.constant(rng.uniform(1, 15, (2, 17, 3)) * [1, 1, 0.25], tf.float32)  # z on 4
+    targets = {"joints_voxel": joints, "mask": tf.ones([2, 17])}
+    per_example, per_stack = training.compute_loss(config, forward(images), targets)
+    outputs = model(images, training=True)
+    for got, d, stack in zip(per_stack, (1, 4), ("stack0", "stack1")):
+        expected = losses.integral_loss_per_example(outputs[stack], joints * [1, 1, d / 4], d)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(per_example.numpy(), (per_stack[0] + 2 * per_stack[1]).numpy(),
+                               rtol=1e-5)
+    run = training.train(config)
+    assert run["step"] == 4 and math.isfinite(run["loss"]) and run["validation"]
+    assert training.load_config(str(tmp_path / "run")).loss == "integral"
+    assert export.ServingModule(run["model"], config, np.ones(16)).decode == "softargmax"
 
 
 def test_training_forward_runs_the_regression_model_as_it_is(rng):

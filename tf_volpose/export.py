@@ -69,17 +69,18 @@ class ServingModule(tf.Module):
       bone_lengths: (J-1,) bone lengths, mm, that the root-depth fit matches: the
         mean training ones, or ones calibrated to the model
         (:func:`evaluation.calibrate_bone_lengths`).
-      decode: heatmap decoding (default ``local_softargmax``).
+      decode: heatmap decoding (default the run's ``config.decode``:
+        ``local_softargmax``, or ``softargmax`` for an integral-loss run).
       fov_deg: field of view of the default intrinsics.
     """
 
-    def __init__(self, model, config, bone_lengths, decode="local_softargmax",
-                 fov_deg=DEFAULT_FOV_DEG):
+    def __init__(self, model, config, bone_lengths, decode=None, fov_deg=DEFAULT_FOV_DEG):
         super().__init__(name="volpose")
         # checked here: in the graph, a zero field of view gives infinite focal lengths,
         # and the export was written as if it were fine
         if not 0.0 < float(fov_deg) < 180.0:
             raise ValueError(f"fov_deg must be in (0, 180) degrees, got {fov_deg!r}")
+        decode = config.decode if decode is None else decode
         if decode not in volume.DECODE_METHODS:
             raise ValueError(f"decode must be one of {volume.DECODE_METHODS}, got {decode!r}")
         if config.model == "regression":  # before: a KeyError traceback from inside the trace
@@ -410,7 +411,7 @@ def _publish(tmp, export_base, version, chosen, info, attempts=10):
 
 
 def export_saved_model(model, config, export_base, bone_lengths, version=None, precision="fp32",
-                       decode="local_softargmax", fov_deg=DEFAULT_FOV_DEG, model_name="volpose",
+                       decode=None, fov_deg=DEFAULT_FOV_DEG, model_name="volpose",
                        provenance=None):
     """Writes ``export_base/<version>/`` atomically; returns its path.
 
@@ -451,7 +452,7 @@ def export_saved_model(model, config, export_base, bone_lengths, version=None, p
         except tf.errors.OpError as e:  # a full disk: ResourceExhaustedError
             raise OSError(f"cannot write the export into {export_base} "
                           f"({_files.error_message(e)}); nothing was written") from e
-        info = {"precision": precision, "decode": decode, "fov_deg": fov_deg,
+        info = {"precision": precision, "decode": module.decode, "fov_deg": fov_deg,
                 "joint_set": config.joint_set,
                 "bone_lengths_mm": [float(v) for v in np.asarray(bone_lengths).ravel()],
                 "config": dataclasses.asdict(config), **(provenance or {})}

@@ -1,4 +1,5 @@
-"""Volumetric MSE (Eq. 3 of the paper) without dense targets, and the coordinate L2 loss.
+"""Volumetric MSE (Eq. 3 of the paper) without dense targets, the integral loss, and the
+coordinate L2 loss.
 
 The target of joint ``j`` is separable,
 ``G[b, y, x, j*d + k] = gx(x) * gy(y) * gz(k)``:
@@ -15,12 +16,19 @@ is the dense reference used by the tests and the benchmark.
 :func:`head_volumetric_loss_per_example` goes one step further for a stack whose
 heatmaps feed only the loss (the last): it takes the 1x1 head's input and
 weights and never forms the heatmaps at all (what the training step does).
+
+:func:`integral_loss_per_example` is the alternative to Eq. 3 of Sun et al.
+("Integral Human Pose Regression", ECCV 2018): the L1 error of each joint's
+soft-argmax, so the volume is trained through the coordinates it decodes to
+(``loss="integral"`` in training; decode such models with ``softargmax``).
 """
 
 import math
 from typing import NamedTuple, Optional
 
 import tensorflow as tf
+
+from tf_volpose import volume
 
 _SQRT_HALF = math.sqrt(0.5)
 
@@ -248,6 +256,9 @@ def stack_targets(joints_voxel, depths, fine_depth=64):
     return [joints_voxel * tf.constant([1.0, 1.0, d / fine_depth]) for d in depths]
 
 
+STACK_LOSSES = ("volumetric", "integral")
+
+
 class HeadInput(NamedTuple):
     """A stack's 1x1 head, not yet applied: its input and weights.
 
@@ -260,7 +271,47 @@ class HeadInput(NamedTuple):
     bias: Optional[tf.Tensor]  # (J*d,) or None
 
 
-def _stack_loss_per_example(output, joints_voxel, depth, sigma, fine_depth, mask):
+def integral_loss_per_example(heatmaps, joints_voxel, depth, mask=None, beta=1.0):
+    """L1 error of the soft-argmax (Sun et al., ECCV 2018), per example.
+
+    Each joint's volume is read as logits: its expected voxel under
+    ``softmax(beta * h)`` (:func:`volume.soft_argmax_tf`) is compared with the
+    target in normalised units (each axis divided by its voxel count, as the
+    regression baseline's :func:`normalized_coordinates`), so x, y and z
+    weigh alike at every depth. A ``depth == 1`` stack has no z to learn: only
+    x and y count.
+
+    Args:
+      heatmaps: (B, H, W, J*depth) logits, joint-major channels.
+      joints_voxel: (B, J, 3) this stack's voxel coordinates (z scaled to ``depth``).
+      depth: this stack's z resolution.
+      mask: optional (B, J); masked joints contribute nothing.
+      beta: softmax inverse temperature.
+
+    Returns:
+      (B,) float32: mean over joints (masked ones count as 0) of ``|dx| + |dy| + |dz|``.
+    """
+    _check(heatmaps, joints_voxel, depth)
+    heatmaps = tf.cast(heatmaps, tf.float32)
+    ny, nx = heatmaps.shape[1], heatmaps.shape[2]
+    predicted = volume.soft_argmax_tf(heatmaps, heatmaps.shape[-1] // depth, beta)
+    size = tf.constant([nx, ny, depth], tf.float32)
+    error = tf.abs(predicted - tf.cast(joints_voxel, tf.float32)) / size
+    if depth == 1:
+        error = error[..., :2]
+    error = tf.reduce_sum(error, axis=-1)
+    if mask is not None:
+        error *= tf.cast(mask, tf.float32)
+    return tf.reduce_mean(error, axis=-1)
+
+
+def _stack_loss_per_example(output, joints_voxel, depth, sigma, fine_depth, mask,
+                            loss="volumetric"):
+    if loss == "integral":
+        if isinstance(output, HeadInput):
+            raise ValueError("the integral loss needs the heatmaps: pass the stack's heatmaps, "
+                             "not its HeadInput")
+        return integral_loss_per_example(output, joints_voxel, depth, mask)
     if isinstance(output, HeadInput):
         return head_volumetric_loss_per_example(output.features, output.kernel, output.bias,
                                                 joints_voxel, depth, sigma, fine_depth, mask)
@@ -268,8 +319,8 @@ def _stack_loss_per_example(output, joints_voxel, depth, sigma, fine_depth, mask
 
 
 def multi_stage_loss(outputs, joints_voxel, depths, weights=None, sigma=2.0, fine_depth=64,
-                     mask=None, per_example=False):
-    """Weighted sum of per-stack :func:`volumetric_loss` (equal weights by default).
+                     mask=None, per_example=False, loss="volumetric"):
+    """Weighted sum of per-stack losses (equal weights by default).
 
     Args:
       outputs: list of per-stack heatmaps ``(B, H, W, J*depths[i])``, or a
@@ -279,16 +330,20 @@ def multi_stage_loss(outputs, joints_voxel, depths, weights=None, sigma=2.0, fin
       weights: per-stack weights; default all 1 (the authors).
       mask: optional (B, J).
       per_example: return ``(B,)`` losses instead of batch means.
+      loss: ``volumetric`` (Eq. 3, :func:`volumetric_loss`) or ``integral``
+        (:func:`integral_loss_per_example`; heatmaps only, no :class:`HeadInput`).
 
     Returns:
       ``(total, [per-stack losses])``.
     """
+    if loss not in STACK_LOSSES:
+        raise ValueError(f"loss must be one of {STACK_LOSSES}, got {loss!r}")
     if len(outputs) != len(depths):
         raise ValueError(f"{len(outputs)} outputs but {len(depths)} depths {list(depths)}")
     weights = [1.0] * len(depths) if weights is None else list(weights)
     if len(weights) != len(depths):
         raise ValueError(f"loss weights {weights} do not match depths {list(depths)}")
-    per_stack = [_stack_loss_per_example(h, t, d, sigma, fine_depth, mask)
+    per_stack = [_stack_loss_per_example(h, t, d, sigma, fine_depth, mask, loss)
                  for h, t, d in zip(outputs, stack_targets(joints_voxel, depths, fine_depth), depths)]
     if not per_example:
         per_stack = [tf.reduce_mean(loss) for loss in per_stack]

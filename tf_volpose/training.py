@@ -69,6 +69,9 @@ class TrainConfig:
                                     "runs saved before this field had them).")
     z_range_mm: float = _field(1000.0, "Depth range +- around the root, mm.")
     sigma: float = _field(2.0, "Target Gaussian sigma, voxels.")
+    loss: str = _field("volumetric", f"One of {losses.STACK_LOSSES}: the paper's per-voxel "
+                       "MSE (Eq. 3), or the L1 error of each stack's soft-argmax (Sun et al., "
+                       "ECCV 2018), which needs decode=softargmax.")
     loss_weights: Tuple[float, ...] = _field((), "Per-stack loss weights (default equal).")
     batch_size: int = _field(4, "Global batch size.")
     learning_rate: float = _field(2.5e-4, "RMSprop learning rate.")
@@ -112,6 +115,13 @@ class TrainConfig:
         check(self.lr_schedule in SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {SCHEDULES}")
         check(self.decode in volume.DECODE_METHODS, "decode", self.decode,
               f"one of {volume.DECODE_METHODS}")
+        check(self.loss in losses.STACK_LOSSES, "loss", self.loss, f"one of {losses.STACK_LOSSES}")
+        # an integral-loss volume is logits whose soft-argmax is the answer: its peak alone
+        # (argmax, local_softargmax, quadratic) is not what the loss trained
+        check(self.loss != "integral" or self.decode == "softargmax", "decode", self.decode,
+              "softargmax with loss='integral'")
+        check(self.loss == "volumetric" or self.model != "regression", "loss", self.loss,
+              "'volumetric' (unused) for model='regression', whose loss is Eq. 1's")
         check(len(self.depths) > 0 and min(self.depths) >= 1, "depths", self.depths,
               "a non-empty list of positive integers")
         for name in ("batch_size", "train_steps", "checkpoint_every", "summary_every", "features",
@@ -222,6 +232,8 @@ class TrainingForward:
     def __init__(self, config, model, fuse_head=True):
         self.model = model
         self.head, self.trunk = None, None
+        if config.loss != "volumetric":  # the head-fused form is Eq. 3's alone
+            fuse_head = False
         if fuse_head and config.model in ("volumetric", "lifting"):
             prefix = "s" if config.model == "volumetric" else "b_s"
             self.head, self.trunk = self._to_last_head(model, prefix=prefix)
@@ -273,7 +285,8 @@ def compute_loss(config, outputs, targets):
         return loss, [loss]
     return losses.multi_stage_loss(stack_outputs(outputs), targets["joints_voxel"],
                                    config.stack_depths, config.loss_weights or None, config.sigma,
-                                   config.fine_depth, mask=mask, per_example=True)
+                                   config.fine_depth, mask=mask, per_example=True,
+                                   loss=config.loss)
 
 
 def predict_voxels(config, outputs, method=None):

@@ -240,6 +240,40 @@ def _gather_voxels_tf(heatmaps, joints, nd, iy, ix, iz):
                       tf.shape(flat))
 
 
+def soft_argmax_tf(heatmaps, joints, beta=1.0):
+    """Expected voxel of each joint under ``softmax(beta * h)`` over its whole volume.
+
+    Differentiable: the ``softargmax`` decoding and :func:`losses.integral_loss_per_example`
+    (Sun et al., ECCV 2018) share it.
+
+    Args:
+      heatmaps: (B, H, W, J*d) float32, joint-major channels.
+      joints: J.
+      beta: softmax inverse temperature.
+
+    Returns:
+      (B, J, 3) ``(x, y, z)`` in this volume's own voxels (``z`` in units of its ``d``).
+    """
+    # softmax weights in the (B, Y*X, J, d) layout; the expectation separates into
+    # sums of the weights over z per pixel and over pixels per z, so the volume is
+    # never transposed
+    ny, nx = heatmaps.shape[1], heatmaps.shape[2]
+    nd = heatmaps.shape[3] // joints
+    b = tf.shape(heatmaps)[0]
+    logits = beta * tf.reshape(heatmaps, [b, ny * nx, joints, nd])
+    # the shift cancels in the ratio; held constant, it costs the gradient nothing
+    shift = tf.stop_gradient(tf.reduce_max(tf.reduce_max(logits, axis=-1), axis=1))  # (B, J)
+    weights = tf.exp(logits - shift[:, None, :, None])
+    per_pixel = tf.reshape(tf.reduce_sum(weights, axis=-1), [b, ny, nx, joints])
+    per_z = tf.reduce_sum(weights, axis=1)                                          # (B, J, d)
+    centres = [tf.range(n, dtype=heatmaps.dtype) + 0.5 for n in (nx, ny, nd)]
+    return tf.stack([
+        tf.einsum("byxj,x->bj", per_pixel, centres[0]),
+        tf.einsum("byxj,y->bj", per_pixel, centres[1]),
+        tf.einsum("bjk,k->bj", per_z, centres[2]),
+    ], axis=-1) / tf.reduce_sum(per_z, axis=-1)[..., None]
+
+
 def decode_heatmaps_tf(heatmaps, joints, depth, method="argmax", window=6, beta=1.0):
     """TF version of :func:`decode_heatmaps`; returns float32 ``(voxels, confidence)``.
 
@@ -276,20 +310,7 @@ def decode_heatmaps_tf(heatmaps, joints, depth, method="argmax", window=6, beta=
                                     0.0))
         coords = argmax + tf.stack(offsets, axis=-1)
     elif method == "softargmax":
-        # softmax weights in the (B, Y*X, J, d) layout; the expectation separates into
-        # sums of the weights over z per pixel and over pixels per z
-        b = tf.shape(heatmaps)[0]
-        logits = beta * tf.reshape(heatmaps, [b, ny * nx, joints, nd])
-        shift = tf.reduce_max(tf.reduce_max(logits, axis=-1), axis=1)        # (B, J)
-        weights = tf.exp(logits - shift[:, None, :, None])
-        per_pixel = tf.reshape(tf.reduce_sum(weights, axis=-1), [b, ny, nx, joints])
-        per_z = tf.reduce_sum(weights, axis=1)                                # (B, J, d)
-        centres = [tf.range(n, dtype=tf.float32) + 0.5 for n in (nx, ny, nd)]
-        coords = tf.stack([
-            tf.einsum("byxj,x->bj", per_pixel, centres[0]),
-            tf.einsum("byxj,y->bj", per_pixel, centres[1]),
-            tf.einsum("bjk,k->bj", per_z, centres[2]),
-        ], axis=-1) / tf.reduce_sum(per_z, axis=-1)[..., None]
+        coords = soft_argmax_tf(heatmaps, joints, beta)
     else:
         # the box around the maximum, per axis at most the whole axis; voxels outside the
         # grid are read clipped and weighted 0, as the reference's masks leave them out
