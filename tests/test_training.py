@@ -651,6 +651,9 @@ def test_integral_loss_trains_through_the_heatmaps_and_exports_its_soft_argmax(d
     assert run["step"] == 4 and math.isfinite(run["loss"]) and run["validation"]
     assert training.load_config(str(tmp_path / "run")).loss == "integral"
     assert export.ServingModule(run["model"], config, np.ones(16)).decode == "softargmax"
+    # other runs export as before, whatever decoding their validation used
+    argmax_run = dataclasses.replace(config, loss="volumetric", decode="argmax")
+    assert export.ServingModule(run["model"], argmax_run, np.ones(16)).decode == "local_softargmax"
 
 
 def test_training_forward_runs_the_regression_model_as_it_is(rng):

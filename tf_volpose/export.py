@@ -69,8 +69,8 @@ class ServingModule(tf.Module):
       bone_lengths: (J-1,) bone lengths, mm, that the root-depth fit matches: the
         mean training ones, or ones calibrated to the model
         (:func:`evaluation.calibrate_bone_lengths`).
-      decode: heatmap decoding (default the run's ``config.decode``:
-        ``local_softargmax``, or ``softargmax`` for an integral-loss run).
+      decode: heatmap decoding (default ``local_softargmax``; ``softargmax``
+        for a run trained with the integral loss, whose volumes are logits).
       fov_deg: field of view of the default intrinsics.
     """
 
@@ -80,7 +80,8 @@ class ServingModule(tf.Module):
         # and the export was written as if it were fine
         if not 0.0 < float(fov_deg) < 180.0:
             raise ValueError(f"fov_deg must be in (0, 180) degrees, got {fov_deg!r}")
-        decode = config.decode if decode is None else decode
+        if decode is None:
+            decode = "softargmax" if config.loss == "integral" else "local_softargmax"
         if decode not in volume.DECODE_METHODS:
             raise ValueError(f"decode must be one of {volume.DECODE_METHODS}, got {decode!r}")
         if config.model == "regression":  # before: a KeyError traceback from inside the trace

@@ -28,8 +28,8 @@ flags.DEFINE_string("bone_lengths", "", "Bone lengths JSON the root-depth fit ma
                     "the run's bone_lengths.json, else the one beside the training records; "
                     "tools/bone_lengths.py --checkpoint writes one calibrated to the model).")
 flags.DEFINE_float("fov_deg", export.DEFAULT_FOV_DEG, "Field of view of the default intrinsics.")
-flags.DEFINE_string("serving_decode", None, "Heatmap decoding inside the graph (default: the "
-                    "run's --decode: local_softargmax, or softargmax for --loss=integral).")
+flags.DEFINE_string("serving_decode", None, "Heatmap decoding inside the graph (default: "
+                    "local_softargmax; softargmax for a run trained with --loss=integral).")
 flags.mark_flag_as_required("checkpoint")
 
 
