@@ -214,3 +214,68 @@ def test_integral_loss_in_multi_stage_loss_and_its_errors(rng):
     with pytest.raises(ValueError, match=r"loss must be one of \('volumetric', 'integral'\), "
                                          r"got 'l2'"):
         losses.multi_stage_loss(outputs, joints, (2, 4), fine_depth=4, loss="l2")
+    total, per_stack = losses.multi_stage_loss(outputs, joints, (2, 4), fine_depth=4,
+                                               loss="integral", distribution_weight=0.5)
+    for got, out, target, d in zip(per_stack, outputs, scaled, (2, 4)):
+        expected = (losses.integral_loss_per_example(out, target, d)
+                    + 0.5 * losses.distribution_loss_per_example(out, target, d, fine_depth=4))
+        np.testing.assert_allclose(got.numpy(), np.mean(expected), rtol=1e-6)
+    with pytest.raises(ValueError, match="distribution_weight must be 0, or positive with "
+                                         "loss='integral', got 0.5 with loss='volumetric'"):
+        losses.multi_stage_loss(outputs, joints, (2, 4), fine_depth=4, distribution_weight=0.5)
+    with pytest.raises(ValueError, match="got -1.0 with loss='integral'"):
+        losses.multi_stage_loss(outputs, joints, (2, 4), fine_depth=4, loss="integral",
+                                distribution_weight=-1.0)
+
+
+def _dense_divergence(heatmaps, joints_voxel, depth, fine_depth, mask):
+    """KL(q || softmax) from the dense target, by NumPy."""
+    batch, ny, nx, channels = heatmaps.shape
+    joints = channels // depth
+    inside = np.clip(joints_voxel, 0, [nx, ny, depth])
+    q = losses.render_targets(tf.constant(inside, tf.float32), ny, nx, depth,
+                              fine_depth=fine_depth).numpy().reshape(batch, ny, nx, joints, depth)
+    q = q / q.sum(axis=(1, 2, 4), keepdims=True)
+    h = heatmaps.reshape(batch, ny, nx, joints, depth).astype(np.float64)
+    log_p = h - np.log(np.exp(h).sum(axis=(1, 2, 4), keepdims=True))
+    terms = np.where(q > 0, q * (np.log(np.where(q > 0, q, 1.0)) - log_p), 0.0)
+    return (terms.sum(axis=(1, 2, 4)) * mask).mean(axis=-1)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_distribution_loss_is_the_kl_divergence_of_the_dense_target(rng, depth):
+    heatmaps = rng.normal(0, 2, (2, 8, 8, 3 * depth)).astype(np.float32)
+    joints = rng.uniform(0, 8, (2, 3, 3)) * [1, 1, depth / 8]
+    joints[0, 0] = [-3.0, 9.5, depth + 2.0]  # outside: clamped to the border for this term
+    mask = np.array([[1, 1, 0], [1, 1, 1]], np.float32)
+    loss = losses.distribution_loss_per_example(tf.constant(heatmaps), tf.constant(joints),
+                                                depth, fine_depth=8, mask=tf.constant(mask))
+    np.testing.assert_allclose(loss.numpy(), _dense_divergence(heatmaps, joints, depth, 8, mask),
+                               rtol=1e-5)
+    # zero where the softmax is the target, whatever the logits' offset
+    q = losses.render_targets(tf.constant(np.clip(joints, 0, [8, 8, depth]), tf.float32), 8, 8,
+                              depth, fine_depth=8).numpy()
+    exact = losses.distribution_loss_per_example(tf.constant(np.log(q) + 7.0),
+                                                 tf.constant(joints), depth, fine_depth=8)
+    np.testing.assert_allclose(exact.numpy(), 0.0, atol=1e-5)
+
+
+def test_distribution_loss_moves_a_saturated_spike_the_integral_loss_cannot():
+    """A joint settled on a one-hot spike at the wrong depth (as network B's feet, README):
+    the softmax passes the integral loss no gradient; the KL term's, ``p - q``, lowers the
+    spike and raises the target's voxels."""
+    heatmaps = np.zeros((1, 8, 8, 8), np.float32)  # one joint, depth 8
+    heatmaps[0, 4, 4, 1] = 40.0  # spike at z = 1.5
+    logits = tf.Variable(heatmaps)
+    target = tf.constant([[[4.5, 4.5, 6.5]]])
+    gradients = {}
+    for weight in (0.0, 1.0):
+        with tf.GradientTape() as tape:
+            total, _ = losses.multi_stage_loss([logits], target, (8,), fine_depth=8,
+                                               loss="integral", distribution_weight=weight)
+        gradients[weight] = tape.gradient(total, logits).numpy()[0]
+    assert np.abs(gradients[0.0]).max() < 1e-12
+    q = losses.render_targets(target, 8, 8, 8, fine_depth=8).numpy()[0]
+    spike = np.zeros_like(q)
+    spike[4, 4, 1] = 1.0
+    np.testing.assert_allclose(gradients[1.0], spike - q / q.sum(), atol=1e-6)

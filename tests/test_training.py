@@ -340,6 +340,9 @@ def test_bad_config_values_raise():
         training.TrainConfig(loss="integral")
     with pytest.raises(ValueError, match="for model='regression'"):
         training.TrainConfig(model="regression", loss="integral", decode="softargmax")
+    with pytest.raises(ValueError, match="distribution_loss_weight must be 0, or positive "
+                                         "with loss='integral', got 0.1"):
+        training.TrainConfig(distribution_loss_weight=0.1)
 
 
 def _run_tool(args, env=None, **kw):
@@ -647,6 +650,12 @@ def test_integral_loss_trains_through_the_heatmaps_and_exports_its_soft_argmax(d
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4)
     np.testing.assert_allclose(per_example.numpy(), (per_stack[0] + 2 * per_stack[1]).numpy(),
                                rtol=1e-5)
+    hybrid = dataclasses.replace(config, distribution_loss_weight=0.25)
+    _, hybrid_stack = training.compute_loss(hybrid, forward(images), targets)
+    for got, integral, d, stack in zip(hybrid_stack, per_stack, (1, 4), ("stack0", "stack1")):
+        kl = losses.distribution_loss_per_example(outputs[stack], joints * [1, 1, d / 4], d,
+                                                  fine_depth=4)
+        np.testing.assert_allclose(got.numpy(), (integral + 0.25 * kl).numpy(), rtol=1e-4)
     run = training.train(config)
     assert run["step"] == 4 and math.isfinite(run["loss"]) and run["validation"]
     assert training.load_config(str(tmp_path / "run")).loss == "integral"

@@ -72,6 +72,10 @@ class TrainConfig:
     loss: str = _field("volumetric", f"One of {losses.STACK_LOSSES}: the paper's per-voxel "
                        "MSE (Eq. 3), or the L1 error of each stack's soft-argmax (Sun et al., "
                        "ECCV 2018), which needs decode=softargmax.")
+    distribution_loss_weight: float = _field(
+        0.0, "With loss=integral: weight of the KL divergence from the target Gaussian to each "
+        "stack's softmax, added to its loss (0: none); keeps a joint's softmax from settling "
+        "on one spike that passes no gradient.")
     loss_weights: Tuple[float, ...] = _field((), "Per-stack loss weights (default equal).")
     batch_size: int = _field(4, "Global batch size.")
     learning_rate: float = _field(2.5e-4, "RMSprop learning rate.")
@@ -120,6 +124,10 @@ class TrainConfig:
         # (argmax, local_softargmax, quadratic) is not what the loss trained
         check(self.loss != "integral" or self.decode == "softargmax", "decode", self.decode,
               "softargmax with loss='integral'")
+        check(self.distribution_loss_weight == 0 or (self.loss == "integral"
+                                                     and self.distribution_loss_weight > 0),
+              "distribution_loss_weight", self.distribution_loss_weight, "0, or positive with "
+              "loss='integral'")
         check(self.loss == "volumetric" or self.model != "regression", "loss", self.loss,
               "'volumetric' (unused) for model='regression', whose loss is Eq. 1's")
         check(len(self.depths) > 0 and min(self.depths) >= 1, "depths", self.depths,
@@ -286,7 +294,8 @@ def compute_loss(config, outputs, targets):
     return losses.multi_stage_loss(stack_outputs(outputs), targets["joints_voxel"],
                                    config.stack_depths, config.loss_weights or None, config.sigma,
                                    config.fine_depth, mask=mask, per_example=True,
-                                   loss=config.loss)
+                                   loss=config.loss,
+                                   distribution_weight=config.distribution_loss_weight)
 
 
 def predict_voxels(config, outputs, method=None):
