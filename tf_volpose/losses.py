@@ -101,10 +101,11 @@ def _z_blocks(gz):
     return tf.reshape(gz[:, :, :, None] * eye[None, :, None, :], [batch, joints * depth, joints])
 
 
-def _expected_value(volume_rows, gx, gy, gz):
+def _expected_value(volume_rows, gx, gy, blocks):
     """``sum over voxels of G * volume`` per joint ``(B, J)``, for ``volume_rows``
-    ``(B, H*W, J*d)`` and the separable ``G``'s profiles."""
-    sums_z = tf.matmul(volume_rows, _z_blocks(gz))  # (B, H*W, J)
+    ``(B, H*W, J*d)``, the separable ``G``'s profiles ``gx``, ``gy`` and its z
+    profiles as :func:`_z_blocks`."""
+    sums_z = tf.matmul(volume_rows, blocks)  # (B, H*W, J)
     sums_z = tf.reshape(sums_z, [tf.shape(sums_z)[0], gy.shape[-1], gx.shape[-1], -1])
     return tf.einsum("byxj,bjy,bjx->bj", sums_z, gy, gx)
 
@@ -127,8 +128,7 @@ def _volume_sums(p, gx, gy, gz):
     batch, height, width, joints, depth = tf.unstack(tf.shape(p))
     rows = tf.reshape(p, [batch, height * width, joints * depth])
     blocks = _z_blocks(gz)
-    p_z = tf.reshape(tf.matmul(rows, blocks), [batch, height, width, joints])
-    sum_gp = tf.einsum("byxj,bjy,bjx->bj", p_z, gy, gx)
+    sum_gp = _expected_value(rows, gx, gy, blocks)
     sum_p2 = tf.reduce_sum(
         tf.reshape(tf.reduce_sum(tf.square(rows), axis=1), [batch, joints, depth]), axis=-1)
 
@@ -369,7 +369,7 @@ def distribution_loss_per_example(heatmaps, joints_voxel, depth, sigma=2.0, fine
     shift = tf.stop_gradient(tf.reduce_max(tf.reduce_max(logits, axis=-1), axis=1))  # (B, J)
     mass = tf.reduce_sum(tf.exp(logits - shift[:, None, :, None]), axis=[1, 3])
     log_normaliser = shift + tf.math.log(mass)
-    expected_logit = _expected_value(rows, qx, qy, qz)
+    expected_logit = _expected_value(rows, qx, qy, _z_blocks(qz))
     divergence = neg_entropy + log_normaliser - expected_logit
     if mask is not None:
         divergence *= tf.cast(mask, tf.float32)
