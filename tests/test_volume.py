@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tf_volpose import camera, skeleton, volume
 from tests.conftest import box_around, random_pose
@@ -40,7 +41,6 @@ def test_voxel_z_inverts_relative_depth():
     np.testing.assert_allclose(grid.voxel_z([0.0, -800.0, 800.0, 250.0]), [8.0, 0.0, 16.0, 10.5])
     z = np.linspace(-3.0, 19.0, 23)  # beyond the grid on both sides too
     np.testing.assert_allclose(grid.voxel_z(grid.relative_depth(z)), z, atol=1e-12)
-    import tensorflow as tf
     z_tf = tf.constant(z, tf.float32)
     out = grid.voxel_z(grid.relative_depth(z_tf))
     assert out.dtype == tf.float32
@@ -294,3 +294,43 @@ def test_root_depth_rejects_bad_huber():
         with pytest.raises(ValueError, match="huber_mm"):
             volume.estimate_root_depth_tf(vox[None], K[None], [[500.0, 500.0]], [1.0],
                                           np.full(16, 250.0), GRID, huber_mm=bad)
+
+
+def _softmax_by_autodiff(heatmaps, joints, beta):
+    """Soft-argmax and log partition from a joint-major softmax, autodiff's gradients."""
+    batch, ny, nx, channels = heatmaps.shape
+    depth = channels // joints
+    logits = tf.transpose(tf.reshape(beta * heatmaps, [batch, ny, nx, joints, depth]),
+                          [0, 3, 1, 2, 4])
+    flat = tf.reshape(logits, [batch, joints, -1])
+    p = tf.reshape(tf.nn.softmax(flat), [batch, joints, ny, nx, depth])
+    centres = [tf.range(n, dtype=tf.float32) + 0.5 for n in (nx, ny, depth)]
+    coords = tf.stack([tf.einsum("bjyxk,x->bj", p, centres[0]),
+                       tf.einsum("bjyxk,y->bj", p, centres[1]),
+                       tf.einsum("bjyxk,k->bj", p, centres[2])], axis=-1)
+    return coords, tf.reduce_logsumexp(flat, axis=-1)
+
+
+@pytest.mark.parametrize("depth,beta", [(1, 1.0), (4, 1.0), (4, 2.5)])
+def test_soft_argmax_log_partition_and_its_written_out_gradient_match_autodiff(rng, depth,
+                                                                               beta):
+    heatmaps = tf.constant(rng.normal(0, 3, (2, 5, 6, 3 * depth)), tf.float32)
+    weights = tf.constant(rng.normal(size=(2, 3, 3)), tf.float32)
+    log_weights = tf.constant(rng.normal(size=(2, 3)), tf.float32)
+
+    @tf.function  # graph mode: the unused output's gradient arrives as zeros or None
+    def values_and_gradients(fn):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(heatmaps)
+            coords, log_partition = fn(heatmaps)
+            of_coords = tf.reduce_sum(coords * weights)
+            of_both = of_coords + tf.reduce_sum(log_partition * log_weights)
+        return (coords, log_partition, tape.gradient(of_coords, heatmaps),
+                tape.gradient(of_both, heatmaps))
+
+    got = values_and_gradients(lambda h: volume.soft_argmax_log_partition_tf(h, 3, beta))
+    expected = values_and_gradients(lambda h: _softmax_by_autodiff(h, 3, beta))
+    for name, a, b in zip(("coords", "log_partition", "d_coords", "d_both"), got, expected):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(volume.soft_argmax_tf(heatmaps, 3, beta).numpy(),
+                               got[0].numpy(), rtol=1e-6)

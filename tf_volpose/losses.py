@@ -54,7 +54,10 @@ def target_profiles(joints_voxel, height, width, depth, sigma=2.0, fine_depth=64
     s = sigma * depth / fine_depth
     edges = tf.range(depth + 1, dtype=tf.float32)
     cdf = _phi((edges - v[..., 2:3]) / s)
-    gz = (cdf[..., 1:] - cdf[..., :-1]) / (2.0 * _phi(tf.constant(0.5 / s)) - 1.0)
+    # a bin's mass is never negative, but a difference of CDF values near 1 can round
+    # below 0 (XLA's erf: -1.6e-7), and the KL term's q log q is then NaN
+    gz = tf.maximum(cdf[..., 1:] - cdf[..., :-1], 0.0) / (2.0 * _phi(tf.constant(0.5 / s))
+                                                           - 1.0)
     return gx, gy, gz
 
 
@@ -312,9 +315,13 @@ def integral_loss_per_example(heatmaps, joints_voxel, depth, mask=None, beta=1.0
     """
     _check(heatmaps, joints_voxel, depth)
     heatmaps = tf.cast(heatmaps, tf.float32)
-    ny, nx = heatmaps.shape[1], heatmaps.shape[2]
     predicted = volume.soft_argmax_tf(heatmaps, heatmaps.shape[-1] // depth, beta)
-    size = tf.constant([nx, ny, depth], tf.float32)
+    return _integral_error(predicted, heatmaps.shape, joints_voxel, depth, mask)
+
+
+def _integral_error(predicted, heatmaps_shape, joints_voxel, depth, mask):
+    """:func:`integral_loss_per_example` from the soft-argmax ``predicted`` (B, J, 3)."""
+    size = tf.constant([heatmaps_shape[2], heatmaps_shape[1], depth], tf.float32)
     error = tf.abs(predicted - tf.cast(joints_voxel, tf.float32)) / size
     if depth == 1:
         error = error[..., :2]
@@ -353,6 +360,14 @@ def distribution_loss_per_example(heatmaps, joints_voxel, depth, sigma=2.0, fine
     """
     _check(heatmaps, joints_voxel, depth)
     heatmaps = tf.cast(heatmaps, tf.float32)
+    log_partition = volume.soft_argmax_log_partition_tf(
+        heatmaps, heatmaps.shape[-1] // depth, beta)[1]
+    return _divergence(heatmaps, log_partition, joints_voxel, depth, sigma, fine_depth, mask,
+                       beta)
+
+
+def _divergence(heatmaps, log_partition, joints_voxel, depth, sigma, fine_depth, mask, beta):
+    """:func:`distribution_loss_per_example` given the softmax's ``log_partition`` (B, J)."""
     ny, nx = heatmaps.shape[1], heatmaps.shape[2]
     joints = heatmaps.shape[-1] // depth
     size = tf.constant([nx, ny, depth], tf.float32)
@@ -362,15 +377,9 @@ def distribution_loss_per_example(heatmaps, joints_voxel, depth, sigma=2.0, fine
     qx, qy, qz = profiles
     # sum q log q separates into the profiles' own sums (0 log 0 = 0)
     neg_entropy = tf.add_n([tf.reduce_sum(tf.math.xlogy(q, q), axis=-1) for q in profiles])
-    rows = beta * tf.reshape(heatmaps, [-1, ny * nx, joints * depth])
-    # log sum exp over each joint's voxels, in the soft-argmax's layout (reduce_logsumexp
-    # over the 5D view was 1.7x slower here)
-    logits = tf.reshape(rows, [-1, ny * nx, joints, depth])
-    shift = tf.stop_gradient(tf.reduce_max(tf.reduce_max(logits, axis=-1), axis=1))  # (B, J)
-    mass = tf.reduce_sum(tf.exp(logits - shift[:, None, :, None]), axis=[1, 3])
-    log_normaliser = shift + tf.math.log(mass)
-    expected_logit = _expected_value(rows, qx, qy, _z_blocks(qz))
-    divergence = neg_entropy + log_normaliser - expected_logit
+    rows = tf.reshape(heatmaps, [-1, ny * nx, joints * depth])
+    expected_logit = beta * _expected_value(rows, qx, qy, _z_blocks(qz))
+    divergence = neg_entropy + log_partition - expected_logit
     if mask is not None:
         divergence *= tf.cast(mask, tf.float32)
     return tf.reduce_mean(divergence, axis=-1)
@@ -382,11 +391,16 @@ def _stack_loss_per_example(output, joints_voxel, depth, sigma, fine_depth, mask
         if isinstance(output, HeadInput):
             raise ValueError("the integral loss needs the heatmaps: pass the stack's heatmaps, "
                              "not its HeadInput")
-        integral = integral_loss_per_example(output, joints_voxel, depth, mask)
         if not distribution_weight:
-            return integral
-        return integral + distribution_weight * distribution_loss_per_example(
-            output, joints_voxel, depth, sigma, fine_depth, mask)
+            return integral_loss_per_example(output, joints_voxel, depth, mask)
+        # one soft-argmax pass serves both terms
+        _check(output, joints_voxel, depth)
+        output = tf.cast(output, tf.float32)
+        predicted, log_partition = volume.soft_argmax_log_partition_tf(
+            output, output.shape[-1] // depth)
+        return (_integral_error(predicted, output.shape, joints_voxel, depth, mask)
+                + distribution_weight * _divergence(output, log_partition, joints_voxel, depth,
+                                                    sigma, fine_depth, mask, 1.0))
     if isinstance(output, HeadInput):
         return head_volumetric_loss_per_example(output.features, output.kernel, output.bias,
                                                 joints_voxel, depth, sigma, fine_depth, mask)

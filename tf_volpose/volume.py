@@ -254,24 +254,69 @@ def soft_argmax_tf(heatmaps, joints, beta=1.0):
     Returns:
       (B, J, 3) ``(x, y, z)`` in this volume's own voxels (``z`` in units of its ``d``).
     """
-    # softmax weights in the (B, Y*X, J, d) layout; the expectation separates into
-    # sums of the weights over z per pixel and over pixels per z, so the volume is
-    # never transposed
+    return soft_argmax_log_partition_tf(heatmaps, joints, beta)[0]
+
+
+def soft_argmax_log_partition_tf(heatmaps, joints, beta=1.0):
+    """:func:`soft_argmax_tf` and the log partition function of the same softmax.
+
+    The integral loss needs the expectation and its KL term the log partition
+    (:func:`losses.distribution_loss_per_example`); both come from one
+    exponentiation of the volume. The gradient is written out, ``d/dl_v`` of
+    ``coords_a`` being ``p_v (pos_a(v) - coords_a)`` and of ``log Z`` being
+    ``p_v``: one pass over the volume instead of autodiff's five, and the
+    exponentials are kept from the forward pass.
+
+    Args:
+      heatmaps: (B, H, W, J*d) float32, joint-major channels.
+      joints: J.
+      beta: softmax inverse temperature.
+
+    Returns:
+      ``(coords, log_partition)``: (B, J, 3) as :func:`soft_argmax_tf`, and (B, J)
+      ``log sum over the joint's voxels of exp(beta * h)``.
+    """
     ny, nx = heatmaps.shape[1], heatmaps.shape[2]
     nd = heatmaps.shape[3] // joints
-    b = tf.shape(heatmaps)[0]
-    logits = beta * tf.reshape(heatmaps, [b, ny * nx, joints, nd])
-    # the shift cancels in the ratio; held constant, it costs the gradient nothing
-    shift = tf.stop_gradient(tf.reduce_max(tf.reduce_max(logits, axis=-1), axis=1))  # (B, J)
-    weights = tf.exp(logits - shift[:, None, :, None])
-    per_pixel = tf.reshape(tf.reduce_sum(weights, axis=-1), [b, ny, nx, joints])
-    per_z = tf.reduce_sum(weights, axis=1)                                          # (B, J, d)
-    centres = [tf.range(n, dtype=heatmaps.dtype) + 0.5 for n in (nx, ny, nd)]
-    return tf.stack([
-        tf.einsum("byxj,x->bj", per_pixel, centres[0]),
-        tf.einsum("byxj,y->bj", per_pixel, centres[1]),
-        tf.einsum("bjk,k->bj", per_z, centres[2]),
-    ], axis=-1) / tf.reduce_sum(per_z, axis=-1)[..., None]
+    cx, cy, cz = [tf.range(n, dtype=heatmaps.dtype) + 0.5 for n in (nx, ny, nd)]
+
+    @tf.custom_gradient
+    def forward(heatmaps):
+        # softmax weights in the (B, Y*X, J, d) layout; the expectation separates into
+        # sums of the weights over z per pixel and over pixels per z, so the volume is
+        # never transposed
+        b = tf.shape(heatmaps)[0]
+        logits = tf.reshape(heatmaps, [b, ny * nx, joints, nd])
+        if beta != 1.0:
+            logits = beta * logits
+        shift = tf.reduce_max(tf.reduce_max(logits, axis=-1), axis=1)  # (B, J)
+        weights = tf.exp(logits - shift[:, None, :, None])
+        per_pixel = tf.reshape(tf.reduce_sum(weights, axis=-1), [b, ny, nx, joints])
+        per_z = tf.reduce_sum(weights, axis=1)  # (B, J, d)
+        mass = tf.reduce_sum(per_z, axis=-1)    # (B, J)
+        coords = tf.stack([
+            tf.einsum("byxj,x->bj", per_pixel, cx),
+            tf.einsum("byxj,y->bj", per_pixel, cy),
+            tf.einsum("bjk,k->bj", per_z, cz),
+        ], axis=-1) / mass[..., None]
+        log_partition = shift + tf.math.log(mass)
+
+        def grad(d_coords, d_log_partition):
+            # d_h_v = beta * w_v / mass * (sum_a d_a (pos_a(v) - coords_a) + d_logZ):
+            # a per-pixel part (x, y and the per-joint constants) plus a per-z part
+            scale = beta / mass
+            constant = d_log_partition - tf.reduce_sum(d_coords * coords, axis=-1)
+            per_pixel_part = (d_coords[:, None, None, :, 0] * cx[None, None, :, None]
+                              + d_coords[:, None, None, :, 1] * cy[None, :, None, None]
+                              + constant[:, None, None, :]) * scale[:, None, None, :]
+            per_z_part = d_coords[..., 2:] * cz * scale[..., None]  # (B, J, d)
+            d_logits = weights * (tf.reshape(per_pixel_part, [b, ny * nx, joints, 1])
+                                  + per_z_part[:, None])
+            return tf.reshape(d_logits, tf.shape(heatmaps))
+
+        return (coords, log_partition), grad
+
+    return forward(heatmaps)
 
 
 def decode_heatmaps_tf(heatmaps, joints, depth, method="argmax", window=6, beta=1.0):
