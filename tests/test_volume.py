@@ -334,3 +334,13 @@ def test_soft_argmax_log_partition_and_its_written_out_gradient_match_autodiff(r
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
     np.testing.assert_allclose(volume.soft_argmax_tf(heatmaps, 3, beta).numpy(),
                                got[0].numpy(), rtol=1e-6)
+
+
+def test_soft_argmax_takes_a_tensor_beta_inside_a_graph(rng):
+    heatmaps = tf.constant(rng.normal(0, 3, (2, 5, 6, 3 * 4)), tf.float32)
+    # without autograph, as Keras layers and exports may trace it
+    in_graph = tf.function(lambda h, beta: volume.soft_argmax_tf(h, 3, beta), autograph=False)
+    np.testing.assert_allclose(in_graph(heatmaps, tf.constant(2.5)).numpy(),
+                               _softmax_by_autodiff(heatmaps, 3, 2.5)[0].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(in_graph(heatmaps, tf.constant(1.0)).numpy(),
+                               volume.soft_argmax_tf(heatmaps, 3, 1.0).numpy(), rtol=1e-6)

@@ -287,7 +287,8 @@ def soft_argmax_log_partition_tf(heatmaps, joints, beta=1.0):
         # never transposed
         b = tf.shape(heatmaps)[0]
         logits = tf.reshape(heatmaps, [b, ny * nx, joints, nd])
-        if beta != 1.0:
+        # a pass over the volume saved in the usual case; a tensor beta is always applied
+        if not (isinstance(beta, (int, float)) and beta == 1.0):
             logits = beta * logits
         shift = tf.reduce_max(tf.reduce_max(logits, axis=-1), axis=1)  # (B, J)
         weights = tf.exp(logits - shift[:, None, :, None])
