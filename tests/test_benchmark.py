@@ -1,5 +1,6 @@
 """The benchmark functions run and report sane values on tiny sizes (no timing assertions)."""
 
+import ast
 import json
 import re
 import sys
@@ -178,3 +179,13 @@ def test_pytorch_reference_is_the_same_network(tmp_path):
                                         reference)
     assert set(ratios) == {"forward", "train", "forward_vs_nchw", "forward_vs_channels_last",
                            "train_vs_nchw", "train_vs_channels_last"}
+
+
+def test_pytorch_reference_imports_neither_tensorflow_nor_this_project():
+    """It runs in a PyTorch-only environment (its docstring's two commands)."""
+    tree = ast.parse((REPO / "tools" / "pytorch_reference.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"json", "statistics", "sys", "timeit", "torch", "absl"}, imported

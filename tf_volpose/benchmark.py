@@ -61,6 +61,7 @@ def graph_gflops(model, input_size):
     """Floating-point operations of one forward pass per image, from the graph (GFLOPs)."""
     from tensorflow.python.framework.convert_to_constants import \
         convert_variables_to_constants_v2_as_graph
+    from tensorflow.python.util import deprecation
     fn = tf.function(lambda x: model(x, training=False))
     concrete = fn.get_concrete_function(tf.TensorSpec([1, input_size, input_size, 3], tf.float32))
     _, graph_def = convert_variables_to_constants_v2_as_graph(concrete)
@@ -68,7 +69,10 @@ def graph_gflops(model, input_size):
         tf.graph_util.import_graph_def(graph_def, name="")
         options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
         options["output"] = "none"
-        profile = tf.compat.v1.profiler.profile(graph, options=options)
+        # the profiler's own convolution counter calls a deprecated TF1 helper, whose
+        # warning (twice, through TF's and absl's loggers) says nothing to a user
+        with deprecation.silence():
+            profile = tf.compat.v1.profiler.profile(graph, options=options)
     return profile.total_float_ops / 1e9
 
 

@@ -31,12 +31,13 @@ Prints one JSON object (img/s, parameters, threads) and writes it with ``--outpu
 
 import json
 import statistics
+import sys
 import timeit
 
-import _cli  # tools/ is on sys.path when this script runs; it does not load TensorFlow
-
+# no tools/_cli here: it loads TensorFlow and tf_volpose, which the PyTorch
+# environment this runs in does not have (tests/test_benchmark.py checks the imports)
 import torch
-from absl import flags
+from absl import app, flags
 from torch import nn
 
 FLAGS = flags.FLAGS
@@ -193,5 +194,13 @@ def main(argv):
             f.write(text + "\n")
 
 
+def _main_reporting_bad_flags(argv):
+    try:
+        return main(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    _cli.run(main)
+    app.run(_main_reporting_bad_flags)
