@@ -188,4 +188,4 @@ def test_pytorch_reference_imports_neither_tensorflow_nor_this_project():
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"json", "statistics", "sys", "timeit", "torch", "absl"}, imported
+    assert imported <= {"json", "os", "statistics", "sys", "timeit", "torch", "absl"}, imported

@@ -30,6 +30,7 @@ Prints one JSON object (img/s, parameters, threads) and writes it with ``--outpu
 """
 
 import json
+import os
 import statistics
 import sys
 import timeit
@@ -185,6 +186,10 @@ def main(argv):
     if not depths or min(depths) < 1:
         raise ValueError(f"--depths takes comma-separated positive integers, got "
                          f"{','.join(FLAGS.depths)!r}")
+    if FLAGS.output_json:  # checked now, not after minutes of measuring
+        directory = os.path.dirname(os.path.abspath(FLAGS.output_json))
+        if not os.path.isdir(directory):
+            raise ValueError(f"--output_json {FLAGS.output_json}: no such directory {directory}")
     result = measure(depths, FLAGS.joints, FLAGS.features, FLAGS.input_size, FLAGS.batch_size,
                      FLAGS.repeats)
     text = json.dumps(result, indent=2)
@@ -194,13 +199,17 @@ def main(argv):
             f.write(text + "\n")
 
 
-def _main_reporting_bad_flags(argv):
+def _main_reporting_bad_input(argv):
     try:
         return main(argv)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:  # an --output_json that cannot be written: name it, no traceback
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    app.run(_main_reporting_bad_flags)
+    app.run(_main_reporting_bad_input)
