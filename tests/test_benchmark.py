@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, assert_one_line_errors, run_scripts
-from tf_volpose import benchmark, training, volume
+from tf_volpose import benchmark, hardware, training, volume
 
 
 def test_model_and_loss_sections_report_positive_numbers():
@@ -100,6 +100,22 @@ def test_a_reference_of_another_network_is_refused(tmp_path, changes, message):
     assert str(path) in str(error.value)
 
 
+def test_a_reference_measured_on_another_cpu_is_refused(tmp_path):
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(_reference(cpu="AMD EPYC 9B14")))
+    with pytest.raises(ValueError, match=re.escape(
+            "was measured on another CPU ('AMD EPYC 9B14'; this machine's: "
+            "'Intel(R) Xeon(R) Processor')")):
+        benchmark.load_reference(str(path), training.TrainConfig(), 4,
+                                 cpu="Intel(R) Xeon(R) Processor")
+    assert benchmark.load_reference(str(path), training.TrainConfig(), 4,
+                                    cpu="AMD EPYC 9B14")["cpu"] == "AMD EPYC 9B14"
+    # files written before the script recorded its CPU: taken as they are
+    path.write_text(json.dumps(_reference()))
+    assert "cpu" not in benchmark.load_reference(str(path), training.TrainConfig(), 4,
+                                                 cpu="AMD EPYC 9B14")
+
+
 def test_benchmark_tool_checks_the_reference_before_measuring(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not json")
@@ -135,6 +151,8 @@ def test_benchmark_tool_loss_and_decode_sections_measure_the_models_last_stack(t
         "batch_size": "1", "joints": "17", "size": "16", "depth": "8"}
     assert float(decode["argmax_ms"]) == pytest.approx(results["decode"]["argmax_ms"], rel=1e-3)
     assert lines[-1] == f"wrote {tmp_path / 'b.json'}"
+    # the machine comes first, in both: the numbers mean little without it
+    assert lines[0] == "== host" and results["host"] == hardware.describe_host()
 
 
 def test_format_section_flattens_nested_numbers():

@@ -28,3 +28,23 @@ def test_bf16_is_emulated_only_on_a_cpu_known_to_lack_the_instructions(monkeypat
     assert machine(gpus=0, cpu_has_bf16=True) is False
     assert machine(gpus=0, cpu_has_bf16=None) is False  # cannot tell: no warning
     assert machine(gpus=1, cpu_has_bf16=False) is False  # the model runs on the GPU
+
+
+def test_describe_host_names_the_cpu_and_its_bf16_instructions(tmp_path):
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                   "model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
+                   "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
+                   "processor\t: 1\nmodel name\t: another\nflags\t\t: fpu\n")
+    host = hardware.describe_host(str(amx))
+    assert host["cpu"] == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"  # the first CPU's
+    assert host["bf16_instructions"] == ["avx512_bf16", "amx_bf16"]
+    assert host["tensorflow"] == tf.__version__
+    assert host["gpus"] == len(tf.config.list_physical_devices("GPU"))
+    zen3 = tmp_path / "zen3"
+    zen3.write_text("model name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 avx512f\n")
+    assert hardware.describe_host(str(zen3))["bf16_instructions"] == []
+    # no cpuinfo (another OS): the CPU from Python's platform module, bf16 unknown
+    elsewhere = hardware.describe_host(str(tmp_path / "missing"))
+    assert elsewhere["bf16_instructions"] is None
+    assert elsewhere["cpu"] and elsewhere["cores"] >= 1

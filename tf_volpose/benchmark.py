@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_volpose import _files, crop, losses, metrics, training, volume
+from tf_volpose import _files, crop, hardware, losses, metrics, training, volume
 from tf_volpose.data import pipeline, records, synthetic
 
 
@@ -117,13 +117,18 @@ def model_speed(config, batch_size=4, precision="fp32", repeats=5):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def load_reference(path, config, batch_size):
-    """Reads ``tools/pytorch_reference.py``'s JSON and checks it measured this network.
+def load_reference(path, config, batch_size, cpu=None):
+    """Reads ``tools/pytorch_reference.py``'s JSON and checks it measured this network, here.
+
+    Args:
+      cpu: this machine's CPU model (default: ``hardware.describe_host()``'s).
 
     Raises:
       ValueError: the file is missing or not such JSON, or it measured another
         backbone, depths, features, joints, input size or batch size than
-        ``config`` / ``batch_size`` (naming the file, the field and both values).
+        ``config`` / ``batch_size`` (naming the file, the field and both values), or
+        on another CPU model (a ratio across machines says nothing about the code;
+        files written before the script recorded its CPU are taken as they are).
     """
     try:
         with open(path) as f:
@@ -144,6 +149,11 @@ def load_reference(path, config, batch_size):
             raise ValueError(f"{path} measured {field}={reference.get(field)!r}, the benchmarked "
                              f"model has {field}={value!r}: measure both with the same network "
                              f"and batch size")
+    cpu = cpu or hardware.describe_host()["cpu"]
+    if reference.get("cpu") not in (None, cpu):
+        raise ValueError(f"{path} was measured on another CPU ({reference['cpu']!r}; this "
+                         f"machine's: {cpu!r}): a speed ratio means something only on one "
+                         f"machine; run tools/pytorch_reference.py here")
     return reference
 
 

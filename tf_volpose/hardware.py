@@ -1,11 +1,37 @@
-"""What this machine computes natively, where that decides which precision to use.
+"""What this machine computes natively, where that decides which precision to use, and
+what it is, for the benchmark's results.
 
 bfloat16 is fast on GPUs and on x86 CPUs with ``avx512_bf16`` or ``amx_bf16``;
 elsewhere oneDNN emulates it and ``mixed_bfloat16`` training or a ``bf16`` export
 runs at ~0.4x fp32 (measured here with oneDNN held to AVX-512 without bf16, README).
 """
 
+import os
+import platform
+
 import tensorflow as tf
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 /proc/cpuinfo flags of native bfloat16
+
+
+def _cpuinfo(cpuinfo_path):
+    """The first ``model name`` (str) and ``flags`` (set) of a Linux cpuinfo file; None
+    for each that it lacks (another OS or architecture: ARM's cpuinfo has ``Features``)."""
+    model = flags = None
+    try:
+        with open(cpuinfo_path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and flags is None:
+                    flags = set(value.split())
+                if model is not None and flags is not None:
+                    break
+    except OSError:
+        pass
+    return model, flags
 
 
 def cpu_has_bf16_instructions(cpuinfo_path="/proc/cpuinfo"):
@@ -15,15 +41,27 @@ def cpu_has_bf16_instructions(cpuinfo_path="/proc/cpuinfo"):
       True or False; None where it cannot tell (no ``cpuinfo_path``, or no x86
       ``flags`` line in it, e.g. another OS or architecture).
     """
-    try:
-        with open(cpuinfo_path) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return None
+    _, flags = _cpuinfo(cpuinfo_path)
+    return None if flags is None else bool(flags & set(BF16_CPU_FLAGS))
+
+
+def describe_host(cpuinfo_path="/proc/cpuinfo"):
+    """The machine a measurement ran on, for benchmark results: speeds differ several-fold
+    between hosts, so a number means little without it.
+
+    Returns:
+      ``{"cpu": model name (from cpuinfo, else ``platform.processor()`` or
+      ``platform.machine()``), "cores": os.cpu_count(), "bf16_instructions": the
+      BF16_CPU_FLAGS it has (a list; None where it cannot tell), "gpus": number of
+      visible GPUs, "tensorflow": version}``.
+    """
+    model, flags = _cpuinfo(cpuinfo_path)
+    return {"cpu": model or platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "bf16_instructions": None if flags is None else
+            [flag for flag in BF16_CPU_FLAGS if flag in flags],
+            "gpus": len(tf.config.list_physical_devices("GPU")),
+            "tensorflow": tf.__version__}
 
 
 def bf16_is_emulated():

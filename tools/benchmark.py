@@ -19,8 +19,8 @@ import _cli  # first, before TensorFlow loads; tools/ is on sys.path when this s
 import numpy as np
 from absl import app, flags
 
-from tf_volpose import (_files, benchmark, bone_lengths, evaluation, export, skeleton,
-                        training)
+from tf_volpose import (_files, benchmark, bone_lengths, evaluation, export, hardware,
+                        skeleton, training)
 
 FLAGS = flags.FLAGS
 SECTIONS = ("model", "loss", "decode", "pipeline", "serving", "export")
@@ -64,9 +64,11 @@ def main(argv):
             raise ValueError("--reference_json compares fp32 speeds: it needs --sections=model "
                              "and fp32 in --precisions")
         reference = benchmark.load_reference(FLAGS.reference_json, config, FLAGS.batch_size)
-    results = {"config": {"backbone": config.backbone, "depths": list(config.depths),
+    results = {"host": hardware.describe_host(),
+               "config": {"backbone": config.backbone, "depths": list(config.depths),
                           "features": config.features, "input_size": config.input_size,
                           "batch_size": FLAGS.batch_size}}
+    print(benchmark.format_section("host", results["host"]), flush=True)
     if "model" in FLAGS.sections:
         section = {"fp32_matmul_peak_gflops": benchmark.matmul_peak("float32"),
                    "bf16_matmul_peak_gflops": benchmark.matmul_peak("bfloat16")}

@@ -26,7 +26,7 @@ PyTorch is not a dependency of tf_volpose; run it in its own environment::
     python -m venv /tmp/torch && /tmp/torch/bin/pip install torch absl-py
     /tmp/torch/bin/python tools/pytorch_reference.py [--batch_size=4] [--output_json=ref.json]
 
-Prints one JSON object (img/s, parameters, threads) and writes it with ``--output_json``.
+Prints one JSON object (img/s, parameters, threads, CPU model) and writes it with ``--output_json``.
 """
 
 import json
@@ -136,10 +136,25 @@ def _median_seconds(fn, warmup, repeats):
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
+def cpu_model(cpuinfo_path="/proc/cpuinfo"):
+    """The CPU's model name as Linux's cpuinfo gives it (None elsewhere): written with the
+    speeds, so that tools/benchmark.py can refuse a reference measured on another machine.
+    tf_volpose.hardware reads it the same way; this script cannot import it."""
+    try:
+        with open(cpuinfo_path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 def measure(depths, joints, features, input_size, batch_size, repeats):
     model = StackedHourglass([joints * d for d in depths], features)
     images = torch.rand(batch_size, 3, input_size, input_size)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
               "backbone": "hg", "batch_size": batch_size, "depths": list(depths),
               "features": features, "joints": joints, "input_size": input_size,
               "params": count_weights(model)}
