@@ -149,11 +149,12 @@ def load_reference(path, config, batch_size, cpu=None):
             raise ValueError(f"{path} measured {field}={reference.get(field)!r}, the benchmarked "
                              f"model has {field}={value!r}: measure both with the same network "
                              f"and batch size")
-    cpu = cpu or hardware.describe_host()["cpu"]
-    if reference.get("cpu") not in (None, cpu):
-        raise ValueError(f"{path} was measured on another CPU ({reference['cpu']!r}; this "
-                         f"machine's: {cpu!r}): a speed ratio means something only on one "
-                         f"machine; run tools/pytorch_reference.py here")
+    if reference.get("cpu") is not None:  # files from before the script recorded it: as they are
+        cpu = cpu or hardware.describe_host()["cpu"]
+        if reference["cpu"] != cpu:
+            raise ValueError(f"{path} was measured on another CPU ({reference['cpu']!r}; this "
+                             f"machine's: {cpu!r}): a speed ratio means something only on "
+                             f"one machine; run tools/pytorch_reference.py here")
     return reference
 
 
