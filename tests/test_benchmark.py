@@ -12,18 +12,49 @@ from tests.conftest import REPO, assert_one_line_errors, run_scripts
 from tf_volpose import benchmark, hardware, training, volume
 
 
-def test_model_and_loss_sections_report_positive_numbers():
-    config = training.TrainConfig(features=8, input_size=64, depths=(1, 4))
-    result = benchmark.model_speed(config, batch_size=2, repeats=1)
-    assert result["forward_img_per_s"] > 0 and result["train_img_per_s"] > 0
-    # FLOPs from the graph: more than the 7x7 stem convolution alone (2*7*7*3*c per pixel)
-    assert result["gflops_per_image"] > 2 * 7 * 7 * 3 * 2 * 32 * 32 / 1e9
+def test_loss_and_decode_sections_report_positive_numbers():
     loss = benchmark.loss_speed(batch_size=1, joints=2, size=8, depth=8, features=4, repeats=1)
     assert all(loss[f"{name}_ms"] > 0 for name in ("separable", "dense", "head_dense",
                                                     "head_separable", "head_fused"))
     assert loss["dense_target_bytes"] == 8 * 8 * 2 * 8 * 4
     decode = benchmark.decode_speed(batch_size=1, joints=2, size=8, depth=4, repeats=1)
     assert all(decode[f"{m}_ms"] > 0 for m in volume.DECODE_METHODS)
+
+
+def test_matmul_rates_time_each_shape_in_tensorflow_and_float32_in_numpy():
+    shapes = ((64, 32, 16), (8, 8, 8))
+    rates = benchmark.matmul_rates("float32", shapes, repeats=1)
+    assert set(rates) == {"tf_64x32x16", "numpy_64x32x16", "tf_8x8x8", "numpy_8x8x8"}
+    assert all(np.isfinite(r) and r > 0 for r in rates.values())
+    # NumPy has no bfloat16 BLAS: TensorFlow's products alone
+    assert set(benchmark.matmul_rates("bfloat16", shapes, repeats=1)) == {"tf_64x32x16",
+                                                                         "tf_8x8x8"}
+
+
+def test_benchmark_tool_model_section_measures_bf16_where_this_machine_computes_it(tmp_path):
+    """By default the model section measures fp32 and bf16, but fp32 alone where bfloat16
+    would be emulated (on a 2-core AVX2 host its training step at the paper size took 244 s
+    of benchmark to come out at 0.14x fp32), saying so. The roofline divides by the best
+    of the matmul products, each in the JSON."""
+    (out,) = run_scripts([("tools/benchmark.py", [
+        "--sections=model", "--features=8", "--input_size=64", "--depths=1,4", "--batch_size=2",
+        "--repeats=1", f"--output_json={tmp_path / 'b.json'}"])])
+    assert out.returncode == 0, out.stderr[-2000:]
+    emulated = hardware.bf16_is_emulated()
+    section = json.loads((tmp_path / "b.json").read_text())["model"]
+    assert ("bf16" in section) == (not emulated)
+    assert ("bf16 would be emulated" in out.stdout) == emulated
+    fp32 = section["fp32"]
+    assert fp32["forward_img_per_s"] > 0 and fp32["train_img_per_s"] > 0
+    # FLOPs from the graph: more than the 7x7 stem convolution alone (2*7*7*3*c per pixel)
+    assert fp32["gflops_per_image"] > 2 * 7 * 7 * 3 * 2 * 32 * 32 / 1e9  # 2 = 8 / 4 channels
+    for name in ("fp32", "bf16"):
+        rates = section[f"{name}_matmul_gflops"]
+        assert len(rates) >= len(benchmark.PEAK_SHAPES)
+        assert section[f"{name}_matmul_peak_gflops"] == max(rates.values())
+    assert section["fp32_roofline_fraction"] == pytest.approx(
+        fp32["forward_img_per_s"] * fp32["gflops_per_image"] / max(
+            section["fp32_matmul_gflops"].values()))
 
 
 def test_pipeline_section_on_large_frames(tmp_path):

@@ -1,7 +1,8 @@
 """Speed measurements behind ``tools/benchmark.py`` (each returns a JSON-ready dict).
 
 * :func:`model_speed`: forward and training img/s, GFLOPs per image counted
-  from the graph, measured matmul peak and the roofline fraction;
+  from the graph; :func:`matmul_rates` for the measured matmul peak and the
+  roofline fraction;
   :func:`reference_ratios` relates them to ``tools/pytorch_reference.py``'s
   numbers for the same network on the same machine;
 * :func:`loss_speed`: separable vs dense volumetric loss (with and without the
@@ -30,7 +31,9 @@ from tf_volpose import _files, crop, hardware, losses, metrics, training, volume
 from tf_volpose.data import pipeline, records, synthetic
 
 
-def _time(fn, warmup=2, repeats=5):
+def _time(fn, warmup=2, repeats=5, statistic=np.median):
+    """Seconds one call of ``fn`` takes: ``statistic`` of ``repeats`` timed calls after
+    ``warmup`` untimed ones (the median by default; ``min`` for a peak)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -38,23 +41,40 @@ def _time(fn, warmup=2, repeats=5):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(statistic(times))
 
 
-def matmul_peak(dtype="float32", size=2048, repeats=10):
-    """Measured GFLOP/s of a square matmul on this machine (2 n^3 flops)."""
-    a = tf.random.uniform([size, size], dtype=tf.float32)
-    a = tf.cast(a, dtype)
+# (m, k, n) of the products timed for the matmul peak: a square one, and two of this
+# network's own at the paper size, batch 4: a 1x1 convolution at 64x64 (B*64*64 rows, 256
+# features in and out) and a 3x3 one at 32x32 as im2col would multiply it (9*256 inner)
+PEAK_SHAPES = ((2048, 2048, 2048), (16384, 256, 256), (4096, 2304, 256))
 
-    @tf.function
-    def run():
-        x = a
-        for _ in range(4):
-            x = tf.matmul(x, a)
-        return tf.reduce_sum(tf.cast(x[:1, :1], tf.float32))
 
-    seconds = _time(lambda: run().numpy(), warmup=2, repeats=repeats)
-    return 4 * 2 * size ** 3 / seconds / 1e9
+def matmul_rates(dtype="float32", shapes=PEAK_SHAPES, repeats=5):
+    """GFLOP/s (``2 m k n`` flops per product, best of ``repeats``) of an ``(m, k) x (k, n)``
+    matmul of each shape: TensorFlow's (oneDNN) in ``dtype`` and, for float32, NumPy's BLAS.
+
+    The best of them is the machine's measured matmul peak, which the benchmark's roofline
+    fraction divides by. One square TensorFlow product alone is not it: on a 2-core AVX2
+    host (2026-12-03) a 2048^3 one ran 75-106 GFLOP/s, NumPy's BLAS the same product 129-146
+    and TensorFlow this network's 1x1-convolution product 123-136, so the model's
+    convolutions ran "128%" of that peak.
+
+    Returns:
+      ``{"tf_MxKxN": rate, ..., "numpy_MxKxN": rate, ...}``.
+    """
+    rates = {}
+    for m, k, n in shapes:
+        a = tf.cast(tf.random.uniform([m, k]), dtype)
+        b = tf.cast(tf.random.uniform([k, n]), dtype)
+        product = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+        seconds = _time(lambda: product().numpy(), repeats=repeats, statistic=min)
+        rates[f"tf_{m}x{k}x{n}"] = 2 * m * k * n / seconds / 1e9
+        if dtype == "float32":
+            a_np, b_np = a.numpy(), b.numpy()
+            seconds = _time(lambda: a_np @ b_np, repeats=repeats, statistic=min)
+            rates[f"numpy_{m}x{k}x{n}"] = 2 * m * k * n / seconds / 1e9
+    return rates
 
 
 def graph_gflops(model, input_size):

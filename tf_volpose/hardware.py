@@ -2,8 +2,8 @@
 what it is, for the benchmark's results.
 
 bfloat16 is fast on GPUs and on x86 CPUs with ``avx512_bf16`` or ``amx_bf16``;
-elsewhere oneDNN emulates it and ``mixed_bfloat16`` training or a ``bf16`` export
-runs at ~0.4x fp32 (measured here with oneDNN held to AVX-512 without bf16, README).
+elsewhere oneDNN emulates it: ``mixed_bfloat16`` training ran at ~0.4x fp32 with oneDNN
+held to AVX-512 without bf16, and at 0.14x on an AVX2-only CPU (README).
 """
 
 import os
