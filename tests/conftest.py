@@ -184,9 +184,9 @@ def trained(tmp_path_factory):
     data = root / "data"
     synthetic.generate(str(data), num_train=8, num_val=2, seed=5, workers=1)
     config = training.TrainConfig(model_dir=str(root / "run"), train_pattern=str(data / "train-*"),
-                                  val_pattern="", features=8, input_size=64, depths=(1, 4),
-                                  batch_size=2, train_steps=1, checkpoint_every=1, summary_every=1,
-                                  image_summary_every=0, val_every=0)
+                                  val_pattern="", features=8, input_size=64, hourglass_depth=1,
+                                  depths=(1, 4), batch_size=2, train_steps=1, checkpoint_every=1,
+                                  summary_every=1, image_summary_every=0, val_every=0)
     result = training.train(config)
     lengths, _ = bone_lengths.compute(config.train_pattern)
     return config, result["model"], lengths, root

@@ -37,7 +37,7 @@ def test_benchmark_tool_model_section_measures_bf16_where_this_machine_computes_
     of benchmark to come out at 0.14x fp32), saying so. The roofline divides by the best
     of the matmul products, each in the JSON."""
     (out,) = run_scripts([("tools/benchmark.py", [
-        "--sections=model", "--features=8", "--input_size=64", "--depths=1,4", "--batch_size=2",
+        "--sections=model", "--features=8", "--input_size=64", "--depths=4", "--batch_size=2",
         "--repeats=1", f"--output_json={tmp_path / 'b.json'}"])])
     assert out.returncode == 0, out.stderr[-2000:]
     emulated = hardware.bf16_is_emulated()
@@ -65,7 +65,7 @@ def test_pipeline_section_on_large_frames(tmp_path):
 
 def test_export_section_compares_fp32_and_bf16_exports(tmp_path):
     from tf_volpose.data import synthetic
-    config = training.TrainConfig(features=8, input_size=64, depths=(1, 4), hourglass_depth=2)
+    config = training.TrainConfig(features=8, input_size=64, depths=(1, 4), hourglass_depth=1)
     synthetic.generate(str(tmp_path), num_train=0, num_val=6, seed=3)
     model = training.build_model(config)
     result = benchmark.export_precision_speed(model, config, np.full(16, 250.0),

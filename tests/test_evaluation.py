@@ -22,8 +22,8 @@ def data_dir(tmp_path_factory):
 
 def _config(data_dir, model_dir, **kw):
     values = dict(model_dir=str(model_dir), train_pattern=str(data_dir / "train-*"),
-                  val_pattern=str(data_dir / "val-*"), features=8, input_size=64, depths=(1, 64),
-                  batch_size=2, train_steps=2, checkpoint_every=2, summary_every=1,
+                  val_pattern=str(data_dir / "val-*"), features=8, input_size=64, hourglass_depth=1,
+                  depths=(1, 64), batch_size=2, train_steps=2, checkpoint_every=2, summary_every=1,
                   image_summary_every=0, val_every=0, val_examples=2)
     values.update(kw)
     return training.TrainConfig(**values)

@@ -74,7 +74,7 @@ def test_export_holds_the_network_once_for_its_three_signatures(trained, exporte
     convolutions = sum(node.op == "Conv2D" for function in library.function
                        for node in function.node_def)
     kernels = sum(len(weight.shape) == 4 for weight in model.weights)  # one per convolution
-    assert kernels > 50 and convolutions == kernels
+    assert kernels > 40 and convolutions == kernels  # 48 at hourglass_depth=1
 
 
 @pytest.mark.parametrize("inputs,message", [
