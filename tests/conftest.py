@@ -174,6 +174,31 @@ def assert_one_line_errors(script, cases):
     assert_scripts_fail_in_one_line([(script, args, message) for args, message in cases])
 
 
+# The training tests' model: one pooling per hourglass. They exercise the training
+# machinery, whose cost in a tiny model is tracing, about proportional to the layers
+# (half that of hourglass_depth=4).
+TINY = dict(features=8, input_size=64, hourglass_depth=1, depths=(1, 4), batch_size=2,
+            checkpoint_every=2, summary_every=1, image_summary_every=2, val_every=2, val_examples=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """16 training and 4 validation synthetic records, in shards of 8 (one set per test file)."""
+    from tf_volpose.data import synthetic
+    out = tmp_path_factory.mktemp("train_data")
+    synthetic.generate(str(out), num_train=16, num_val=4, seed=1, examples_per_shard=8, workers=1)
+    return out
+
+
+def tiny_config(records, model_dir, **kw):
+    """The :data:`TINY` model's 4-step deterministic run on ``records``' train and val sets."""
+    from tf_volpose import training
+    values = dict(TINY, model_dir=str(model_dir), train_pattern=str(records / "train-*"),
+                  val_pattern=str(records / "val-*"), deterministic=True, train_steps=4)
+    values.update(kw)
+    return training.TrainConfig(**values)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained one step, for the export and serving tests:
