@@ -37,11 +37,13 @@ def test_benchmark_tool_model_section_measures_bf16_where_this_machine_computes_
     of benchmark to come out at 0.14x fp32), saying so. The roofline divides by the best
     of the matmul products, each in the JSON."""
     (out,) = run_scripts([("tools/benchmark.py", [
-        "--sections=model", "--features=8", "--input_size=64", "--depths=4", "--batch_size=2",
-        "--repeats=1", f"--output_json={tmp_path / 'b.json'}"])])
+        "--sections=model", "--features=8", "--input_size=64", "--hourglass_depth=1",
+        "--depths=1,4", "--batch_size=2", "--repeats=1", f"--output_json={tmp_path / 'b.json'}"])])
     assert out.returncode == 0, out.stderr[-2000:]
     emulated = hardware.bf16_is_emulated()
-    section = json.loads((tmp_path / "b.json").read_text())["model"]
+    written = json.loads((tmp_path / "b.json").read_text())
+    assert written["config"]["hourglass_depth"] == 1
+    section = written["model"]
     assert ("bf16" in section) == (not emulated)
     assert ("bf16 would be emulated" in out.stdout) == emulated
     fp32 = section["fp32"]
@@ -112,6 +114,10 @@ def test_reference_ratios_divide_by_each_memory_format(tmp_path):
     assert ratios == pytest.approx({"forward": 1.25, "forward_vs_nchw": 2.5,
                                     "forward_vs_channels_last": 1.25, "train": 2.0,
                                     "train_vs_nchw": 2.5, "train_vs_channels_last": 2.0})
+    # a file from before the script recorded its hourglass depth measured 4, the only one
+    with pytest.raises(ValueError, match="measured hourglass_depth=4, the benchmarked model "
+                                         "has hourglass_depth=1"):
+        benchmark.load_reference(str(path), training.TrainConfig(hourglass_depth=1), 4)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -120,6 +126,8 @@ def test_reference_ratios_divide_by_each_memory_format(tmp_path):
     ({"batch_size": 8}, "measured batch_size=8"),
     ({"input_size": 128}, "measured input_size=128"),
     ({"backbone": "hg-stacked"}, "measured backbone='hg-stacked'"),
+    ({"hourglass_depth": 2}, "measured hourglass_depth=2, the benchmarked model has "
+                             "hourglass_depth=4"),
     ({"train_img_per_s": None, "forward_img_per_s": None}, "has no 'forward_img_per_s'"),
 ])
 def test_a_reference_of_another_network_is_refused(tmp_path, changes, message):

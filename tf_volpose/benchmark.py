@@ -145,8 +145,10 @@ def load_reference(path, config, batch_size, cpu=None):
 
     Raises:
       ValueError: the file is missing or not such JSON, or it measured another
-        backbone, depths, features, joints, input size or batch size than
-        ``config`` / ``batch_size`` (naming the file, the field and both values), or
+        backbone, depths, features, joints, input size, hourglass depth or batch
+        size than ``config`` / ``batch_size`` (naming the file, the field and both
+        values; files written before the script recorded its hourglass depth
+        measured 4, the only one it built then), or
         on another CPU model (a ratio across machines says nothing about the code;
         files written before the script recorded its CPU are taken as they are).
     """
@@ -163,10 +165,12 @@ def load_reference(path, config, batch_size, cpu=None):
                          f"tools/pytorch_reference.py --output_json")
     ours = {"backbone": config.backbone, "depths": list(config.depths),
             "features": config.features, "joints": config.num_joints,
-            "input_size": config.input_size, "batch_size": batch_size}
+            "input_size": config.input_size, "hourglass_depth": config.hourglass_depth,
+            "batch_size": batch_size}
+    measured = dict({"hourglass_depth": 4}, **reference)
     for field, value in ours.items():
-        if reference.get(field) != value:
-            raise ValueError(f"{path} measured {field}={reference.get(field)!r}, the benchmarked "
+        if measured.get(field) != value:
+            raise ValueError(f"{path} measured {field}={measured.get(field)!r}, the benchmarked "
                              f"model has {field}={value!r}: measure both with the same network "
                              f"and batch size")
     if reference.get("cpu") is not None:  # files from before the script recorded it: as they are

@@ -31,6 +31,7 @@ flags.DEFINE_string("backbone", "hg", "Backbone of the benchmarked model.")
 flags.DEFINE_list("depths", ["1", "2", "4", "64"], "Depth resolutions per stack.")
 flags.DEFINE_integer("features", 256, "Hourglass width.")
 flags.DEFINE_integer("input_size", 256, "Input crop side, px.")
+flags.DEFINE_integer("hourglass_depth", 4, "Poolings per hourglass.")
 flags.DEFINE_integer("batch_size", 4, "Batch size.")
 flags.DEFINE_list("precisions", None, "Model section precisions (default: fp32,bf16; fp32 "
                   "alone where bf16 would be emulated: no GPU and no bf16 instructions).")
@@ -69,7 +70,8 @@ def main(argv):
     if "export" in FLAGS.sections and FLAGS.checkpoint:
         training.checkpoint_path(FLAGS.checkpoint)  # a wrong path fails now, naming it
     config = training.TrainConfig(backbone=FLAGS.backbone, depths=tuple(map(int, FLAGS.depths)),
-                                  features=FLAGS.features, input_size=FLAGS.input_size)
+                                  features=FLAGS.features, input_size=FLAGS.input_size,
+                                  hourglass_depth=FLAGS.hourglass_depth)
     precisions, bf16_left_out = _model_precisions()
     reference = None
     if FLAGS.reference_json:  # read and checked now, not after the model section's minutes
@@ -80,6 +82,7 @@ def main(argv):
     results = {"host": hardware.describe_host(),
                "config": {"backbone": config.backbone, "depths": list(config.depths),
                           "features": config.features, "input_size": config.input_size,
+                          "hourglass_depth": config.hourglass_depth,
                           "batch_size": FLAGS.batch_size}}
     print(benchmark.format_section("host", results["host"]), flush=True)
     if "model" in FLAGS.sections:

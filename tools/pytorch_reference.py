@@ -46,6 +46,7 @@ flags.DEFINE_list("depths", ["1", "2", "4", "64"], "Depth resolution of each sta
 flags.DEFINE_integer("joints", 17, "Joints.")
 flags.DEFINE_integer("features", 256, "Hourglass width.")
 flags.DEFINE_integer("input_size", 256, "Input crop side, px.")
+flags.DEFINE_integer("hourglass_depth", 4, "Poolings per hourglass.")
 flags.DEFINE_integer("batch_size", 4, "Batch size.")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions (median).")
 flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: PyTorch's default).")
@@ -151,13 +152,13 @@ def cpu_model(cpuinfo_path="/proc/cpuinfo"):
     return None
 
 
-def measure(depths, joints, features, input_size, batch_size, repeats):
-    model = StackedHourglass([joints * d for d in depths], features)
+def measure(depths, joints, features, input_size, batch_size, repeats, hourglass_depth=4):
+    model = StackedHourglass([joints * d for d in depths], features, hourglass_depth)
     images = torch.rand(batch_size, 3, input_size, input_size)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
               "backbone": "hg", "batch_size": batch_size, "depths": list(depths),
               "features": features, "joints": joints, "input_size": input_size,
-              "params": count_weights(model)}
+              "hourglass_depth": hourglass_depth, "params": count_weights(model)}
 
     model.eval()
     for name, memory_format in LAYOUTS.items():
@@ -206,7 +207,7 @@ def main(argv):
         if not os.path.isdir(directory):
             raise ValueError(f"--output_json {FLAGS.output_json}: no such directory {directory}")
     result = measure(depths, FLAGS.joints, FLAGS.features, FLAGS.input_size, FLAGS.batch_size,
-                     FLAGS.repeats)
+                     FLAGS.repeats, FLAGS.hourglass_depth)
     text = json.dumps(result, indent=2)
     print(text)
     if FLAGS.output_json:
