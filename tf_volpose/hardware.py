@@ -64,8 +64,13 @@ def describe_host(cpuinfo_path="/proc/cpuinfo"):
             "tensorflow": tf.__version__}
 
 
+# why :func:`bf16_is_emulated` is true, for the tools' notes
+BF16_EMULATED_BECAUSE = "no GPU and no avx512_bf16/amx_bf16 instructions on this CPU"
+
+
 def bf16_is_emulated():
-    """True where this process would run bfloat16 on a CPU without bf16 instructions.
+    """True where this process would run bfloat16 on a CPU without bf16 instructions
+    (:data:`BF16_EMULATED_BECAUSE`).
 
     False with a GPU (TensorFlow places the model there) or bf16 instructions;
     False too where the CPU cannot be inspected (nothing to warn about).

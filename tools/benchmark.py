@@ -87,9 +87,9 @@ def main(argv):
     print(benchmark.format_section("host", results["host"]), flush=True)
     if "model" in FLAGS.sections:
         if bf16_left_out:
-            print("note: no GPU and no avx512_bf16/amx_bf16 instructions on this CPU: bf16 "
-                  "would be emulated (README, Measured numbers), so the model section "
-                  "measures fp32 alone; --precisions=fp32,bf16 measures both", flush=True)
+            print(f"note: {hardware.BF16_EMULATED_BECAUSE}: bf16 would be emulated (README, "
+                  "Measured numbers), so the model section measures fp32 alone; "
+                  "--precisions=fp32,bf16 measures both", flush=True)
         section = {}
         for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
             # the peak is the best product, each one's rate in the JSON

@@ -171,8 +171,8 @@ def main(argv):
     try:
         config = config_from_flags()
         if config.mixed_precision == "mixed_bfloat16" and hardware.bf16_is_emulated():
-            print("note: no GPU and no avx512_bf16/amx_bf16 instructions on this CPU: "
-                  "mixed_bfloat16 is emulated here and trains at 0.14-0.4x fp32 (README).")
+            print(f"note: {hardware.BF16_EMULATED_BECAUSE}: mixed_bfloat16 is emulated here "
+                  "and trains at 0.14-0.4x fp32 (README).")
         result = training.train(config, dry_run=FLAGS.dry_run, progress=progress)
     except (ValueError, training.TrainingDivergedError) as e:
         hint = ""
